@@ -1,0 +1,84 @@
+# offpath: `make run` starts the whole local system, `make test` runs every test.
+# Both install what they need (virtual environment, dependencies, generated code,
+# the buf CLI) into ignored folders of this checkout.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+TOOLS  := .tools
+BUF    := $(TOOLS)/node_modules/.bin/buf
+BUF_VERSION := 1.75.0
+PROTOS := $(shell find protos -name '*.proto')
+
+.PHONY: help install gen run test lint fmt unit integration e2e lock clean bootstrap
+
+help:
+	@echo "make run    start local AWS endpoint + QueryService + AnalyticsIngest (Ctrl-C stops all)"
+	@echo "make test   lint, type-check and run every test"
+	@echo "make gen    regenerate Python code from protos/"
+	@echo "make lock   re-resolve requirements.lock from pyproject.toml"
+	@echo "make clean  remove the environment, tools and generated code"
+
+# The environment: dependencies from the lock, generated code, then the project
+# itself in editable mode (after gen, so offpath.v1 is importable).
+$(VENV)/.installed: requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	PYTHON=$(PY) scripts/gen_protos.sh
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+gen/.stamp: $(VENV)/.installed $(PROTOS) scripts/gen_protos.sh
+	PYTHON=$(PY) scripts/gen_protos.sh
+	touch $@
+
+install: $(VENV)/.installed gen/.stamp
+
+gen:
+	rm -f gen/.stamp
+	$(MAKE) gen/.stamp
+
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
+
+run: install
+	exec $(PY) -m offpath.kit.devstack
+
+bootstrap: install
+	$(PY) -m offpath.kit.bootstrap
+
+lint: install $(BUF)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy services clients tests
+	$(BUF) lint protos
+
+fmt: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+# Every test: lint and types first (cheap), then unit, integration and e2e.
+# pytest's exit code 5 (no test collected) is turned into a failure with a
+# plain message: a run that tested nothing has not passed.
+test: lint
+	OFFPATH_BUF=$(abspath $(BUF)) $(PY) -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+unit: install
+	$(PY) -m pytest tests/unit
+
+integration: install
+	$(PY) -m pytest tests/integration
+
+e2e: install $(BUF)
+	OFFPATH_BUF=$(abspath $(BUF)) $(PY) -m pytest tests/e2e
+
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --disable-pip-version-check ".[dev]"
+	.lock-venv/bin/pip freeze --all --exclude pip --exclude offpath | sed '/^-e /d' > requirements.lock
+	rm -rf .lock-venv
+
+clean:
+	rm -rf $(VENV) $(TOOLS) gen .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,246 @@
+"""The emitter: bounded buffer, flusher task, worker thread.
+
+Reads like OpenTelemetry's BatchProcessor. ``emit`` appends to a deque on the
+event loop thread (no lock: the loop is single-threaded) and, when a full
+export batch is waiting, wakes the flusher. The flusher otherwise wakes every
+``linger_s``, hands what is buffered to the worker thread, where records
+become protobuf and the sink sends them. Exceptions stop at the flusher's
+boundary and are logged; they never reach an RPC.
+
+Every emitted event ends up counted exactly once: sent, or dropped under a
+reason (``queue_full``, ``shutdown``, ``too_large``, ``rejected``,
+``send_failed``, ``export_error``, ``shutdown_unsent``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from functools import partial
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from offpath.emitter.record import EventRecord
+from offpath.emitter.settings import EmitterSettings
+from offpath.emitter.sink import EventSink, ExportResult
+from offpath.emitter.worker import Worker
+
+log = structlog.get_logger("offpath.emitter")
+
+
+@dataclass(slots=True)
+class EmitterStats:
+    """Counters since start. ``enqueued + dropped['queue_full'] +
+    dropped['shutdown']`` is everything emitted; every enqueued event is
+    eventually in ``sent`` or another ``dropped`` reason."""
+
+    enqueued: int = 0
+    sent: int = 0
+    requests: int = 0
+    retries: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def emitted(self) -> int:
+        return self.enqueued + self.dropped["queue_full"] + self.dropped["shutdown"]
+
+    def snapshot(self) -> EmitterStats:
+        return EmitterStats(
+            self.enqueued, self.sent, self.requests, self.retries, Counter(self.dropped)
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "enqueued": self.enqueued,
+            "sent": self.sent,
+            "requests": self.requests,
+            "retries": self.retries,
+            "dropped": dict(self.dropped),
+        }
+
+
+class Emitter:
+    """Fire-and-forget delivery of :class:`EventRecord` to an :class:`EventSink`."""
+
+    def __init__(
+        self,
+        sink: EventSink,
+        settings: EmitterSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._sink = sink
+        self._settings = settings
+        self._clock = clock
+        self._buffer: deque[EventRecord] = deque()
+        self._stats = EmitterStats()
+        self._in_flight = 0
+        self._stopping = False
+        self._stop_deadline = float("inf")
+        self._wake: asyncio.Event | None = None
+        self._lock: asyncio.Lock | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._worker: Worker | None = None
+        self._shutdown_done: asyncio.Future[None] | None = None
+        self._reported_drops: Counter[str] = Counter()
+
+    # -- the request path -------------------------------------------------
+
+    def emit(self, record: EventRecord) -> bool:
+        """Buffer ``record`` for sending. O(1); never blocks, never raises.
+
+        Returns False when the record was dropped (buffer full, or shutting
+        down); the drop is counted either way.
+        """
+        if self._stopping:
+            self._stats.dropped["shutdown"] += 1
+            return False
+        buffer = self._buffer
+        if len(buffer) >= self._settings.max_queue_size:
+            # Newest is dropped: what is buffered is older and closer to being sent.
+            self._stats.dropped["queue_full"] += 1
+            return False
+        buffer.append(record)
+        self._stats.enqueued += 1
+        wake = self._wake
+        if wake is not None and len(buffer) >= self._settings.max_export_batch and not wake.is_set():
+            wake.set()
+        return True
+
+    # -- lifecycle --------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the flusher on the running loop. Call once."""
+        if self._task is not None:
+            raise RuntimeError("emitter already started")
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._worker = Worker("offpath-emitter-sender")
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name="offpath-emitter-flusher"
+        )
+        log.info(
+            "emitter_started",
+            linger_s=self._settings.linger_s,
+            max_queue=self._settings.max_queue_size,
+            events_per_message=self._settings.events_per_message,
+            producer_id=self._settings.producer_id,
+        )
+
+    @property
+    def stats(self) -> EmitterStats:
+        """A snapshot of the counters."""
+        return self._stats.snapshot()
+
+    @property
+    def pending(self) -> int:
+        """Events buffered or being exported right now."""
+        return len(self._buffer) + self._in_flight
+
+    async def force_flush(self) -> None:
+        """Export everything buffered now, and wait for it."""
+        await self._export_pending()
+
+    async def shutdown(self, timeout: float | None = None) -> EmitterStats:
+        """Stop accepting events and drain what is buffered within ``timeout``
+        (default: the configured drain timeout). Safe to call twice: the
+        second call waits for the first."""
+        if self._shutdown_done is not None:
+            await asyncio.shield(self._shutdown_done)
+            return self.stats
+        self._shutdown_done = asyncio.get_running_loop().create_future()
+        try:
+            await self._shutdown(self._settings.drain_timeout_s if timeout is None else timeout)
+        finally:
+            self._shutdown_done.set_result(None)
+        return self.stats
+
+    async def _shutdown(self, timeout: float) -> None:
+        self._stopping = True
+        self._stop_deadline = self._clock() + timeout
+        if self._task is None:
+            # Never started: nothing can send what was buffered.
+            self._stats.dropped["shutdown_unsent"] += len(self._buffer)
+            self._buffer.clear()
+        else:
+            assert self._wake is not None
+            self._wake.set()
+            done, _ = await asyncio.wait({self._task}, timeout=max(timeout, 0.0))
+            if not done:
+                self._task.cancel()
+                # The worker may still finish the call in flight; it is
+                # counted as unsent because nothing confirmed it in time.
+                unsent = len(self._buffer) + self._in_flight
+                self._stats.dropped["shutdown_unsent"] += unsent
+                self._buffer.clear()
+                self._in_flight = 0
+                log.warning("emitter_drain_timeout", unsent=unsent, timeout_s=timeout)
+        if self._worker is not None:
+            self._worker.close()
+        try:
+            self._sink.close()
+        except Exception:
+            log.exception("emitter_sink_close_failed")
+        self._report_drops()
+        log.info("emitter_stopped", **self._stats.as_dict())
+
+    # -- the flusher --------------------------------------------------------
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        while True:
+            if not self._stopping and len(self._buffer) < self._settings.max_export_batch:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._settings.linger_s)
+                except TimeoutError:
+                    pass
+                self._wake.clear()
+            try:
+                await self._export_pending()
+            except Exception:
+                log.exception("emitter_flush_failed")
+            self._report_drops()
+            if self._stopping and not self._buffer:
+                return
+
+    async def _export_pending(self) -> None:
+        assert self._lock is not None and self._worker is not None
+        async with self._lock:
+            while self._buffer:
+                size = min(len(self._buffer), self._settings.max_export_batch)
+                chunk = [self._buffer.popleft() for _ in range(size)]
+                deadline = min(self._clock() + self._settings.retry_deadline_s, self._stop_deadline)
+                self._in_flight = size
+                try:
+                    result = await self._worker.submit(partial(self._export, chunk, deadline))
+                finally:
+                    self._in_flight = 0
+                self._stats.sent += result.sent
+                self._stats.requests += result.requests
+                self._stats.retries += result.retries
+                self._stats.dropped.update(result.dropped)
+
+    def _export(self, chunk: Sequence[EventRecord], deadline: float) -> ExportResult:
+        """On the worker thread: records to protobuf, then the sink."""
+        try:
+            producer = self._settings.producer_id
+            events = [record.to_proto(producer) for record in chunk]
+            result = self._sink.export(events, deadline)
+        except Exception:
+            log.exception("emitter_export_failed", events=len(chunk))
+            return ExportResult(dropped=Counter({"export_error": len(chunk)}))
+        accounted = result.sent + sum(result.dropped.values())
+        if accounted != len(chunk):
+            # A sink that loses track would make the counters lie; say so.
+            log.error("emitter_sink_miscount", events=len(chunk), accounted=accounted)
+        return result
+
+    def _report_drops(self) -> None:
+        """Log drops since the last report, off the request path."""
+        new = self._stats.dropped - self._reported_drops
+        if new:
+            log.warning("events_dropped", **dict(new), total=dict(self._stats.dropped))
+            self._reported_drops = Counter(self._stats.dropped)

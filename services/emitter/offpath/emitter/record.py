@@ -1,0 +1,55 @@
+"""What a handler hands to ``emit``: plain Python data, cheap to build.
+
+The protobuf ``AnalyticsEvent`` is made from it later, on the worker thread,
+so the request path pays for a small object and a deque append only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from offpath.v1 import analytics_pb2
+
+_NS_PER_S = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One RPC's analytics, as captured by the handler."""
+
+    event_id: str
+    occurred_at_ns: int  # wall clock, time.time_ns() at the start of the RPC
+    service: str
+    method: str
+    query: str = ""
+    matched_skills: tuple[tuple[str, float], ...] = ()
+    processing_ns: int = 0
+    model: str = ""
+    token_count: int = 0
+    status_code: int = 0
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+    def to_proto(self, producer_id: str) -> analytics_pb2.AnalyticsEvent:
+        """The wire form of this record."""
+        event = analytics_pb2.AnalyticsEvent(
+            event_id=self.event_id,
+            service=self.service,
+            method=self.method,
+            query=self.query,
+            model=self.model,
+            token_count=self.token_count,
+            status_code=self.status_code,
+            producer_id=producer_id,
+        )
+        seconds, nanos = divmod(self.occurred_at_ns, _NS_PER_S)
+        event.occurred_at.seconds = seconds
+        event.occurred_at.nanos = nanos
+        seconds, nanos = divmod(self.processing_ns, _NS_PER_S)
+        event.processing_time.seconds = seconds
+        event.processing_time.nanos = nanos
+        for name, score in self.matched_skills:
+            event.matched_skills.add(name=name, score=score)
+        if self.attributes:
+            event.attributes.update(self.attributes)
+        return event

@@ -1,0 +1,103 @@
+"""Emitter configuration: one constant per environment variable, defaults as
+``_DEFAULT_*``, one frozen object built at start-up."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from offpath.kit.aws import ResourceNames
+from offpath.kit.settings import SettingsError, env_float, env_int, env_optional_str
+
+ENV_LINGER_MS = "OFFPATH_EMIT_LINGER_MS"
+ENV_MAX_QUEUE = "OFFPATH_EMIT_MAX_QUEUE"
+ENV_EVENTS_PER_MESSAGE = "OFFPATH_EMIT_EVENTS_PER_MESSAGE"
+ENV_MAX_MESSAGE_BYTES = "OFFPATH_SQS_MAX_MESSAGE_BYTES"
+ENV_RETRY_DEADLINE_S = "OFFPATH_EMIT_RETRY_DEADLINE_S"
+ENV_DRAIN_TIMEOUT_S = "OFFPATH_EMIT_DRAIN_TIMEOUT_S"
+ENV_PRODUCER_ID = "OFFPATH_PRODUCER_ID"
+ENV_QUEUE_URL = "OFFPATH_SQS_QUEUE_URL"
+
+# One send a second keeps SQS calls (and their ~3.5 ms of CPU each on the
+# serving process) rare enough not to show in Query p99; freshness stays
+# well inside the 2 s budget.
+_DEFAULT_LINGER_MS = 1000
+_DEFAULT_MAX_QUEUE = 20_000
+_DEFAULT_EVENTS_PER_MESSAGE = 500
+# 256 KiB: the limit every SQS account accepts (newer ones allow 1 MiB).
+_DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
+_DEFAULT_RETRY_DEADLINE_S = 30.0
+_DEFAULT_DRAIN_TIMEOUT_S = 10.0
+# SendMessageBatch takes at most 10 entries.
+MESSAGES_PER_CALL = 10
+
+# Characters SQS accepts in a MessageGroupId.
+_GROUP_ID_UNSAFE = re.compile(r"[^A-Za-z0-9!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~]")
+
+
+def default_producer_id() -> str:
+    """host-pid, restricted to what a FIFO MessageGroupId allows."""
+    return sanitize_producer_id(f"{socket.gethostname()}-{os.getpid()}")
+
+
+def sanitize_producer_id(raw: str) -> str:
+    return _GROUP_ID_UNSAFE.sub("_", raw)[:128] or "producer"
+
+
+@dataclass(frozen=True, slots=True)
+class EmitterSettings:
+    """How the emitter buffers, batches and sends."""
+
+    queue_name: str = "offpath-events.fifo"
+    queue_url: str | None = None
+    producer_id: str = "producer"
+    linger_s: float = _DEFAULT_LINGER_MS / 1000
+    max_queue_size: int = _DEFAULT_MAX_QUEUE
+    events_per_message: int = _DEFAULT_EVENTS_PER_MESSAGE
+    max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES
+    retry_deadline_s: float = _DEFAULT_RETRY_DEADLINE_S
+    drain_timeout_s: float = _DEFAULT_DRAIN_TIMEOUT_S
+
+    @property
+    def max_export_batch(self) -> int:
+        """Events handed to the sink at once: enough to fill one SendMessageBatch."""
+        return self.events_per_message * MESSAGES_PER_CALL
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> EmitterSettings:
+        producer = env_optional_str(env, ENV_PRODUCER_ID)
+        if producer is not None and sanitize_producer_id(producer) != producer:
+            raise SettingsError(
+                f"{ENV_PRODUCER_ID}={producer!r} has characters a FIFO MessageGroupId "
+                "does not allow, or is longer than 128"
+            )
+        return cls(
+            queue_name=ResourceNames.from_env(env).queue,
+            queue_url=env_optional_str(env, ENV_QUEUE_URL),
+            producer_id=producer or default_producer_id(),
+            linger_s=env_int(env, ENV_LINGER_MS, _DEFAULT_LINGER_MS, minimum=1, maximum=60_000)
+            / 1000,
+            max_queue_size=env_int(
+                env, ENV_MAX_QUEUE, _DEFAULT_MAX_QUEUE, minimum=1, maximum=10_000_000
+            ),
+            events_per_message=env_int(
+                env, ENV_EVENTS_PER_MESSAGE, _DEFAULT_EVENTS_PER_MESSAGE, minimum=1, maximum=10_000
+            ),
+            max_message_bytes=env_int(
+                env,
+                ENV_MAX_MESSAGE_BYTES,
+                _DEFAULT_MAX_MESSAGE_BYTES,
+                minimum=4096,
+                maximum=1024 * 1024,
+            ),
+            retry_deadline_s=env_float(
+                env, ENV_RETRY_DEADLINE_S, _DEFAULT_RETRY_DEADLINE_S, minimum=0, maximum=3600
+            ),
+            drain_timeout_s=env_float(
+                env, ENV_DRAIN_TIMEOUT_S, _DEFAULT_DRAIN_TIMEOUT_S, minimum=0, maximum=3600
+            ),
+        )
+

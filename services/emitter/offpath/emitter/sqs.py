@@ -1,0 +1,220 @@
+"""The SQS sink: packs events into ``AnalyticsBatch`` messages and sends
+them with ``SendMessageBatch``.
+
+Runs on the emitter's worker thread, never on the event loop. Packing is
+bounded by events per message and by bytes (per message and per call: SQS
+limits both to the same size). Transport throttling and 5xx are retried by
+botocore (``standard`` mode); this class retries what botocore cannot: the
+``Failed`` entries of a partly failed batch and calls that failed after
+botocore gave up, with full-jitter backoff until the deadline. On FIFO
+queues the batch id is the MessageDeduplicationId, so a resend after a lost
+response is not a duplicate; the producer id is the MessageGroupId.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from botocore.exceptions import BotoCoreError, ClientError
+
+from offpath.emitter.settings import MESSAGES_PER_CALL, EmitterSettings
+from offpath.emitter.sink import ExportResult
+from offpath.kit import aws
+from offpath.kit.ids import new_id
+from offpath.kit.wire import MESSAGE_ATTRIBUTES, MESSAGE_ATTRIBUTES_SIZE, encode_batch, encoded_size
+from offpath.v1 import analytics_pb2
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+
+log = structlog.get_logger("offpath.emitter.sqs")
+
+_BACKOFF_BASE_S = 0.2
+_BACKOFF_CAP_S = 5.0
+
+
+def _varint_len(n: int) -> int:
+    length = 1
+    while n >= 0x80:
+        n >>= 7
+        length += 1
+    return length
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    entry: dict[str, Any]
+    events: int
+    size: int  # bytes SQS counts: body + attributes
+
+
+class SqsSink:
+    """Sends events to one SQS queue (FIFO or standard)."""
+
+    def __init__(
+        self,
+        settings: EmitterSettings,
+        *,
+        client_factory: Callable[[], SQSClient] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._settings = settings
+        self._client_factory = client_factory or (lambda: aws.sqs_client())
+        self._client: SQSClient | None = None
+        self._queue_url = settings.queue_url
+        self._fifo = (settings.queue_url or settings.queue_name).endswith(".fifo")
+        self._sleep = sleep
+        self._clock = clock
+        self._rng = rng
+        # batch_id (field 1), producer_id (2), created_at (4), with tags and lengths.
+        self._batch_overhead = 2 + 36 + 2 + len(settings.producer_id.encode()) + 2 + 12
+
+    # -- packing ------------------------------------------------------------
+
+    def pack(
+        self, events: Sequence[analytics_pb2.AnalyticsEvent]
+    ) -> tuple[list[analytics_pb2.AnalyticsBatch], int]:
+        """Events into batches within the count and byte limits. Returns the
+        batches and how many events were too large for any message."""
+        budget = self._settings.max_message_bytes - MESSAGE_ATTRIBUTES_SIZE
+        limit = self._settings.events_per_message
+        batches: list[analytics_pb2.AnalyticsBatch] = []
+        current: list[analytics_pb2.AnalyticsEvent] = []
+        size = self._batch_overhead
+        too_large = 0
+        for event in events:
+            n = event.ByteSize()
+            framed = 1 + _varint_len(n) + n
+            if encoded_size(self._batch_overhead + framed) > budget:
+                too_large += 1
+                log.error("event_too_large", event_id=event.event_id, bytes=n)
+                continue
+            if current and (len(current) >= limit or encoded_size(size + framed) > budget):
+                batches.append(self._batch(current))
+                current, size = [], self._batch_overhead
+            current.append(event)
+            size += framed
+        if current:
+            batches.append(self._batch(current))
+        return batches, too_large
+
+    def _batch(self, events: list[analytics_pb2.AnalyticsEvent]) -> analytics_pb2.AnalyticsBatch:
+        batch = analytics_pb2.AnalyticsBatch(
+            batch_id=new_id(), producer_id=self._settings.producer_id, events=events
+        )
+        batch.created_at.GetCurrentTime()
+        return batch
+
+    def _entries(self, batches: list[analytics_pb2.AnalyticsBatch]) -> list[list[_Entry]]:
+        """Messages grouped into calls: at most 10 each, and the sum of their
+        sizes within the per-call payload limit."""
+        calls: list[list[_Entry]] = []
+        current: list[_Entry] = []
+        total = 0
+        for index, batch in enumerate(batches):
+            body = encode_batch(batch)
+            entry: dict[str, Any] = {
+                "Id": str(index),
+                "MessageBody": body,
+                "MessageAttributes": MESSAGE_ATTRIBUTES,
+            }
+            if self._fifo:
+                entry["MessageGroupId"] = self._settings.producer_id
+                entry["MessageDeduplicationId"] = batch.batch_id
+            item = _Entry(entry, len(batch.events), len(body) + MESSAGE_ATTRIBUTES_SIZE)
+            if current and (
+                len(current) >= MESSAGES_PER_CALL
+                or total + item.size > self._settings.max_message_bytes
+            ):
+                calls.append(current)
+                current, total = [], 0
+            current.append(item)
+            total += item.size
+        if current:
+            calls.append(current)
+        return calls
+
+    # -- sending --------------------------------------------------------------
+
+    def export(
+        self, events: Sequence[analytics_pb2.AnalyticsEvent], deadline: float
+    ) -> ExportResult:
+        result = ExportResult()
+        batches, too_large = self.pack(events)
+        if too_large:
+            result.dropped["too_large"] += too_large
+        for call in self._entries(batches):
+            result.merge(self._send(call, deadline))
+        log.debug("batch_flushed", events=len(events), sent=result.sent,
+                  requests=result.requests, dropped=dict(result.dropped))
+        return result
+
+    def _send(self, call: list[_Entry], deadline: float) -> ExportResult:
+        result = ExportResult()
+        pending = {item.entry["Id"]: item for item in call}
+        attempt = 0
+        while True:
+            error: str | None = None
+            try:
+                client = self._client or self._connect()
+                url = self._queue_url or self._resolve(client)
+                result.requests += 1
+                response = client.send_message_batch(
+                    QueueUrl=url, Entries=[item.entry for item in pending.values()]  # type: ignore[misc]
+                )
+            except (BotoCoreError, ClientError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            else:
+                for ok in response.get("Successful", []):
+                    item = pending.pop(ok["Id"], None)
+                    if item is not None:
+                        result.sent += item.events
+                failed = response.get("Failed", [])
+                for failure in failed:
+                    if failure.get("SenderFault"):
+                        item = pending.pop(failure["Id"], None)
+                        if item is not None:
+                            result.dropped["rejected"] += item.events
+                            log.error("sqs_entry_rejected", code=failure.get("Code"),
+                                      message=failure.get("Message"), events=item.events)
+                if pending:
+                    error = "; ".join(
+                        f"{f.get('Code')}: {f.get('Message')}" for f in failed
+                    ) or "entries neither successful nor failed"
+            if not pending:
+                return result
+            attempt += 1
+            delay = self._rng() * min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**attempt)
+            events = sum(item.events for item in pending.values())
+            if self._clock() + delay > deadline:
+                result.dropped["send_failed"] += events
+                log.error("sqs_send_gave_up", attempts=attempt, events=events, error=error)
+                return result
+            log.warning("sqs_send_retry", attempt=attempt, events=events, delay_s=round(delay, 3),
+                        error=error)
+            result.retries += 1
+            self._sleep(delay)
+
+    def _connect(self) -> SQSClient:
+        self._client = self._client_factory()
+        return self._client
+
+    def _resolve(self, client: SQSClient) -> str:
+        url = client.get_queue_url(QueueName=self._settings.queue_name)["QueueUrl"]
+        self._queue_url = url
+        return url
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
+__all__ = ["SqsSink"]

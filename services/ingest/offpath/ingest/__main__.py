@@ -1,0 +1,3 @@
+from offpath.ingest.main import main
+
+main()

@@ -1,0 +1,313 @@
+"""The DynamoDB event store.
+
+One item per event, keyed by ``event_id``: writing the same event again
+(an SQS redelivery) overwrites it, so raw events stay exactly-once in effect.
+The ``by_time`` index reaches events by time range without a Scan: its
+partition key is the UTC day plus a write shard (``2026-11-27#3``), so one
+day's writes spread over ``shards`` partitions, and its sort key is the
+occurred-at time (fixed-width ISO 8601, nanoseconds) then the event id.
+Items carry the event's protobuf bytes (``payload``, the source of truth for
+reads, unknown fields included) beside readable attributes for people and
+queries, and ``expires_at`` for TTL.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from offpath.kit.bootstrap import TABLE_KEY, TIME_INDEX, TIME_PARTITION, TIME_SORT, TTL_ATTRIBUTE
+from offpath.v1 import analytics_pb2
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+log = structlog.get_logger("offpath.ingest.store")
+
+_NS_PER_S = 1_000_000_000
+_BATCH_WRITE_MAX = 25
+_WRITE_ATTEMPTS = 8
+_BACKOFF_BASE_S = 0.05
+_BACKOFF_CAP_S = 2.0
+MAX_RANGE_DAYS = 31
+
+
+class WriteError(RuntimeError):
+    """Items could not be written; the caller must not acknowledge them."""
+
+
+def timestamp_ns(ts: Any) -> int:
+    """Nanoseconds since the epoch of a protobuf Timestamp."""
+    return int(ts.seconds) * _NS_PER_S + int(ts.nanos)
+
+
+def iso_ns(ns: int) -> str:
+    """Fixed-width UTC ISO 8601 with nanoseconds: sorts as text in time order."""
+    seconds, nanos = divmod(ns, _NS_PER_S)
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{nanos:09d}Z"
+
+
+def _day(ns: int) -> datetime:
+    return datetime.fromtimestamp(ns // _NS_PER_S, UTC).replace(hour=0, minute=0, second=0)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    event: analytics_pb2.AnalyticsEvent
+    ingested_at_ns: int
+    batch_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    event_count: int
+    error_count: int
+    top_skills: list[tuple[str, int]]
+    mean_processing_ms: float
+
+
+class EventStore:
+    """Reads and writes events in one DynamoDB table (low-level client;
+    thread-safe, so the read API calls it from worker threads)."""
+
+    def __init__(
+        self,
+        client: DynamoDBClient,
+        table: str,
+        *,
+        shards: int = 4,
+        retention_days: int = 30,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._client = client
+        self._table = table
+        self._shards = shards
+        self._retention_s = retention_days * 86_400
+        self._sleep = sleep
+        self._rng = rng
+
+    # -- writing -----------------------------------------------------------
+
+    def bucket(self, event_id: str, occurred_ns: int) -> str:
+        """Time index partition: UTC day and a shard from the id's random tail."""
+        shard = int(event_id[-4:], 16) % self._shards
+        return f"{_day(occurred_ns):%Y-%m-%d}#{shard}"
+
+    def item(
+        self,
+        event: analytics_pb2.AnalyticsEvent,
+        *,
+        batch_id: str,
+        ingested_ns: int,
+    ) -> dict[str, Any]:
+        """The DynamoDB item for one validated event."""
+        occurred = timestamp_ns(event.occurred_at)
+        processing_ms = (
+            event.processing_time.seconds * 1000 + event.processing_time.nanos / 1_000_000
+        )
+        return {
+            TABLE_KEY: {"S": event.event_id},
+            TIME_PARTITION: {"S": self.bucket(event.event_id, occurred)},
+            TIME_SORT: {"S": f"{iso_ns(occurred)}#{event.event_id}"},
+            "occurred_at": {"S": iso_ns(occurred)},
+            "service": {"S": event.service},
+            "method": {"S": event.method},
+            "query": {"S": event.query},
+            "model": {"S": event.model},
+            "token_count": {"N": str(event.token_count)},
+            "status_code": {"N": str(event.status_code)},
+            "processing_ms": {"N": f"{processing_ms:.3f}"},
+            "skills": {
+                "L": [
+                    {"M": {"name": {"S": s.name}, "score": {"N": f"{s.score:.6f}"}}}
+                    for s in event.matched_skills
+                ]
+            },
+            "attributes": {"M": {k: {"S": v} for k, v in event.attributes.items()}},
+            "producer_id": {"S": event.producer_id},
+            "batch_id": {"S": batch_id},
+            "ingested_at": {"S": iso_ns(ingested_ns)},
+            TTL_ATTRIBUTE: {"N": str(occurred // _NS_PER_S + self._retention_s)},
+            "payload": {"B": event.SerializeToString()},
+        }
+
+    def write(self, items: Sequence[dict[str, Any]]) -> int:
+        """Write items (BatchWriteItem, 25 at a time), retrying unprocessed
+        ones with backoff. Duplicate keys keep the last item. Raises
+        :class:`WriteError` when something is still unwritten."""
+        unique = list({item[TABLE_KEY]["S"]: item for item in items}.values())
+        for start in range(0, len(unique), _BATCH_WRITE_MAX):
+            chunk = unique[start : start + _BATCH_WRITE_MAX]
+            requests: list[Any] = [{"PutRequest": {"Item": item}} for item in chunk]
+            for attempt in range(_WRITE_ATTEMPTS):
+                try:
+                    response = self._client.batch_write_item(
+                        RequestItems={self._table: requests}
+                    )
+                except Exception as exc:
+                    raise WriteError(f"BatchWriteItem failed: {exc}") from exc
+                requests = list(response.get("UnprocessedItems", {}).get(self._table, []))
+                if not requests:
+                    break
+                delay = self._rng() * min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**attempt)
+                log.warning("ddb_unprocessed_items", items=len(requests), attempt=attempt + 1)
+                self._sleep(delay)
+            else:
+                raise WriteError(
+                    f"{len(requests)} items still unprocessed after {_WRITE_ATTEMPTS} attempts"
+                )
+        return len(unique)
+
+    # -- reading -----------------------------------------------------------
+
+    def get(self, event_id: str) -> StoredEvent | None:
+        response = self._client.get_item(
+            TableName=self._table,
+            Key={TABLE_KEY: {"S": event_id}},
+            ConsistentRead=True,
+            ProjectionExpression="payload, ingested_at, batch_id",
+        )
+        item = response.get("Item")
+        return None if item is None else _stored(item)
+
+    def _days(self, start_ns: int, end_ns: int, newest_first: bool) -> list[str]:
+        first, last = _day(start_ns), _day(end_ns - 1)
+        days = []
+        day = first
+        while day <= last:
+            days.append(f"{day:%Y-%m-%d}")
+            day += timedelta(days=1)
+        return days[::-1] if newest_first else days
+
+    def _query_bucket(
+        self,
+        bucket: str,
+        low: str,
+        high: str,
+        *,
+        newest_first: bool,
+        limit: int | None,
+        projection: str | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Items of one time partition with low <= sk <= high, in order."""
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": TIME_INDEX,
+            "KeyConditionExpression": "#p = :p AND #s BETWEEN :lo AND :hi",
+            "ExpressionAttributeNames": {"#p": TIME_PARTITION, "#s": TIME_SORT},
+            "ExpressionAttributeValues": {
+                ":p": {"S": bucket},
+                ":lo": {"S": low},
+                ":hi": {"S": high},
+            },
+            "ScanIndexForward": not newest_first,
+        }
+        if projection is not None:
+            kwargs["ProjectionExpression"] = projection
+        yielded = 0
+        while True:
+            if limit is not None:
+                kwargs["Limit"] = limit - yielded
+            response = self._client.query(**kwargs)
+            for item in response.get("Items", []):
+                yield item
+                yielded += 1
+            last = response.get("LastEvaluatedKey")
+            if not last or (limit is not None and yielded >= limit):
+                return
+            kwargs["ExclusiveStartKey"] = last
+
+    def list(
+        self,
+        start_ns: int,
+        end_ns: int,
+        *,
+        page_size: int,
+        newest_first: bool = False,
+        cursor: str | None = None,
+    ) -> tuple[list[StoredEvent], str | None]:
+        """Events with start <= occurred_at < end, ordered by time; returns
+        the page and the cursor for the next one (None at the end)."""
+        low = f"{iso_ns(start_ns)}#"
+        high = f"{iso_ns(end_ns - 1)}#~"  # '~' sorts after every id character
+        if cursor is not None:
+            if newest_first:
+                high = min(high, cursor)
+            else:
+                low = max(low, cursor)
+        page: list[dict[str, Any]] = []
+        more = False
+        for day in self._days(start_ns, end_ns, newest_first):
+            # +2: one more than fits tells whether there is a next page, and
+            # the cursor item itself (BETWEEN is inclusive) may be among them.
+            want = page_size - len(page)
+            streams = [
+                self._query_bucket(
+                    f"{day}#{shard}", low, high, newest_first=newest_first, limit=want + 2
+                )
+                for shard in range(self._shards)
+            ]
+            merged: Iterable[dict[str, Any]] = heapq.merge(
+                *streams, key=lambda item: item[TIME_SORT]["S"], reverse=newest_first
+            )
+            for item in merged:
+                if item[TIME_SORT]["S"] == cursor:
+                    continue  # BETWEEN is inclusive; the cursor was the last page's end
+                if len(page) == page_size:
+                    more = True
+                    break
+                page.append(item)
+            if more:
+                break
+        next_cursor = page[-1][TIME_SORT]["S"] if more and page else None
+        return [_stored(item) for item in page], next_cursor
+
+    def summary(self, start_ns: int, end_ns: int) -> Summary:
+        """Totals over [start, end), read from the time index."""
+        low = f"{iso_ns(start_ns)}#"
+        high = f"{iso_ns(end_ns - 1)}#~"
+        count = errors = 0
+        total_ms = 0.0
+        skills: dict[str, int] = {}
+        for day in self._days(start_ns, end_ns, newest_first=False):
+            for shard in range(self._shards):
+                for item in self._query_bucket(
+                    f"{day}#{shard}",
+                    low,
+                    high,
+                    newest_first=False,
+                    limit=None,
+                    projection="status_code, processing_ms, skills",
+                ):
+                    count += 1
+                    if item.get("status_code", {}).get("N", "0") != "0":
+                        errors += 1
+                    total_ms += float(item.get("processing_ms", {}).get("N", "0"))
+                    for skill in item.get("skills", {}).get("L", []):
+                        name = skill["M"]["name"]["S"]
+                        skills[name] = skills.get(name, 0) + 1
+        top = sorted(skills.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+        return Summary(count, errors, top, total_ms / count if count else 0.0)
+
+
+def _stored(item: dict[str, Any]) -> StoredEvent:
+    event = analytics_pb2.AnalyticsEvent.FromString(item["payload"]["B"])
+    ingested = item.get("ingested_at", {}).get("S", "")
+    return StoredEvent(event=event, ingested_at_ns=_parse_iso_ns(ingested), batch_id=item.get(
+        "batch_id", {}).get("S", ""))
+
+
+def _parse_iso_ns(text: str) -> int:
+    if not text:
+        return 0
+    head, _, frac = text.rstrip("Z").partition(".")
+    seconds = int(datetime.strptime(head, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp())
+    return seconds * _NS_PER_S + int(frac.ljust(9, "0")[:9] or 0)

@@ -1,0 +1,175 @@
+"""Creates the SQS queue, its dead-letter queue and the DynamoDB table,
+idempotently: running it again on existing resources changes nothing (or
+re-applies the same attributes).
+
+The same code sets up the local endpoint for ``make run`` and for every test,
+and can be run against AWS (``python -m offpath.kit.bootstrap``), though
+``deploy/aws`` is the way to own the resources there.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import structlog
+from botocore.exceptions import ClientError
+
+from offpath.kit.aws import ResourceNames, dynamodb_client, sqs_client
+from offpath.kit.logs import configure_logging
+from offpath.kit.settings import SettingsError, environ
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_sqs import SQSClient
+
+# Table layout, shared with AnalyticsIngest's store. Raw events are keyed by
+# event_id (a redelivery overwrites); the by_time index reaches them by time
+# range without a Scan: partition = UTC day + write shard, sort = occurred_at
+# then event_id.
+TABLE_KEY = "event_id"
+TIME_INDEX = "by_time"
+TIME_PARTITION = "bucket"
+TIME_SORT = "sk"
+TTL_ATTRIBUTE = "expires_at"
+
+RETENTION_SECONDS = 14 * 24 * 3600  # the SQS maximum
+VISIBILITY_TIMEOUT_SECONDS = 30
+MAX_RECEIVE_COUNT = 3
+
+log = structlog.get_logger("offpath.bootstrap")
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """What bootstrap made (or found)."""
+
+    queue_url: str
+    dlq_url: str
+    dlq_arn: str
+    table: str
+
+
+def _create_queue(sqs: SQSClient, name: str, attributes: dict[str, str]) -> str:
+    if name.endswith(".fifo"):
+        attributes = {**attributes, "FifoQueue": "true", "ContentBasedDeduplication": "false"}
+    try:
+        return sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if "QueueAlreadyExists" not in code and "QueueNameExists" not in code:
+            raise
+    # The queue exists with other attributes: bring them to what we want.
+    url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+    mutable = {k: v for k, v in attributes.items() if k != "FifoQueue"}
+    sqs.set_queue_attributes(QueueUrl=url, Attributes=mutable)
+    return url
+
+
+def create_queues(sqs: SQSClient, names: ResourceNames) -> tuple[str, str, str]:
+    """The dead-letter queue, then the queue that redrives into it after
+    ``MAX_RECEIVE_COUNT`` receives. Returns (queue_url, dlq_url, dlq_arn)."""
+    retention = {"MessageRetentionPeriod": str(RETENTION_SECONDS)}
+    dlq_url = _create_queue(sqs, names.dlq, dict(retention))
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    queue_url = _create_queue(
+        sqs,
+        names.queue,
+        {
+            **retention,
+            "VisibilityTimeout": str(VISIBILITY_TIMEOUT_SECONDS),
+            "RedrivePolicy": json.dumps(
+                {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(MAX_RECEIVE_COUNT)}
+            ),
+        },
+    )
+    return queue_url, dlq_url, dlq_arn
+
+
+def create_table(ddb: DynamoDBClient, table: str, *, wait_seconds: float = 60.0) -> None:
+    """The events table with its time index and TTL, on-demand billing."""
+    try:
+        ddb.create_table(
+            TableName=table,
+            BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[
+                {"AttributeName": TABLE_KEY, "AttributeType": "S"},
+                {"AttributeName": TIME_PARTITION, "AttributeType": "S"},
+                {"AttributeName": TIME_SORT, "AttributeType": "S"},
+            ],
+            KeySchema=[{"AttributeName": TABLE_KEY, "KeyType": "HASH"}],
+            GlobalSecondaryIndexes=[
+                {
+                    "IndexName": TIME_INDEX,
+                    "KeySchema": [
+                        {"AttributeName": TIME_PARTITION, "KeyType": "HASH"},
+                        {"AttributeName": TIME_SORT, "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "ALL"},
+                }
+            ],
+        )
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ResourceInUseException":
+            raise
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        description = ddb.describe_table(TableName=table)["Table"]
+        if description.get("TableStatus") == "ACTIVE":
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"table {table} not ACTIVE after {wait_seconds:.0f}s")
+        time.sleep(0.5)
+    key = [k["AttributeName"] for k in description.get("KeySchema", [])]
+    indexes = {i["IndexName"] for i in description.get("GlobalSecondaryIndexes", [])}
+    if key != [TABLE_KEY] or TIME_INDEX not in indexes:
+        raise SettingsError(
+            f"table {table} exists with key {key} and indexes {sorted(indexes)}; "
+            f"offpath needs key [{TABLE_KEY!r}] and index {TIME_INDEX!r}"
+        )
+    ttl = ddb.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
+    if ttl.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
+        ddb.update_time_to_live(
+            TableName=table,
+            TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE},
+        )
+
+
+def bootstrap(
+    names: ResourceNames,
+    *,
+    sqs: SQSClient | None = None,
+    ddb: DynamoDBClient | None = None,
+) -> Resources:
+    """Create (or confirm) every resource offpath needs."""
+    sqs = sqs or sqs_client()
+    ddb = ddb or dynamodb_client()
+    queue_url, dlq_url, dlq_arn = create_queues(sqs, names)
+    create_table(ddb, names.table)
+    resources = Resources(queue_url=queue_url, dlq_url=dlq_url, dlq_arn=dlq_arn, table=names.table)
+    log.info(
+        "bootstrap_complete",
+        queue_url=queue_url,
+        dlq_url=dlq_url,
+        table=names.table,
+    )
+    return resources
+
+
+def main() -> None:
+    """Command line: bootstrap against whatever the AWS variables point at."""
+    configure_logging("bootstrap")
+    try:
+        bootstrap(ResourceNames.from_env(environ()))
+    except SettingsError as exc:
+        print(f"bootstrap: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

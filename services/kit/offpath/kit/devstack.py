@@ -1,0 +1,265 @@
+"""The whole local system as child processes: the local AWS endpoint, then
+AnalyticsIngest, then QueryService.
+
+``make run`` runs :func:`main`, which keeps them in the foreground with their
+JSON logs on stdout and stops them in reverse order on Ctrl-C or SIGTERM
+(QueryService first, so its emitter drains while the queue is still there).
+The tests use :class:`DevStack` with port 0 everywhere, so they run beside a
+live ``make run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from offpath.kit.local_aws import LOCAL_DEFAULTS, endpoint_url
+
+_READY_EVENTS = {"server_started", "local_aws_started"}
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the supervisor dies, so a
+    killed ``make run`` leaves no stray processes (Linux only)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Child:
+    """One supervised process and what its log said so far."""
+
+    name: str
+    process: subprocess.Popen[str]
+    port: int | None = None
+    ready: threading.Event = field(default_factory=threading.Event)
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=40))
+
+    def pump(self, sink: IO[str] | None) -> None:
+        """Copy the child's output to ``sink``, watching for its ready line."""
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.tail.append(line.rstrip("\n"))
+            if sink is not None:
+                sink.write(line)
+                sink.flush()
+            if not self.ready.is_set() and line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    record = json.loads(line)
+                    if record.get("event") in _READY_EVENTS:
+                        self.port = int(record["port"])
+                        self.ready.set()
+        self.ready.set()  # exited: wake whoever waits
+
+
+class StartError(RuntimeError):
+    """A child failed to start; the message carries its last log lines."""
+
+
+class DevStack:
+    """Starts and stops the local system."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        aws_port: int = 4566,
+        query_port: int = 50051,
+        ingest_port: int = 50052,
+        env: Mapping[str, str] | None = None,
+        log_dir: Path | None = None,
+        output: IO[str] | None = None,
+        start_timeout_s: float = 60.0,
+    ) -> None:
+        self.host = host
+        self._ports = {"local-aws": aws_port, "ingest": ingest_port, "query": query_port}
+        self._extra_env = dict(env or {})
+        self._log_dir = log_dir
+        self._output = output
+        self._timeout = start_timeout_s
+        self.children: dict[str, Child] = {}
+        self._files: list[IO[str]] = []
+
+    # -- addresses once started ------------------------------------------------
+
+    def port(self, name: str) -> int:
+        port = self.children[name].port
+        assert port is not None, f"{name} has not started"
+        return port
+
+    @property
+    def endpoint(self) -> str:
+        return endpoint_url(self.host, self.port("local-aws"))
+
+    @property
+    def query_target(self) -> str:
+        return f"{self.host}:{self.port('query')}"
+
+    @property
+    def ingest_target(self) -> str:
+        return f"{self.host}:{self.port('ingest')}"
+
+    def aws_env(self) -> dict[str, str]:
+        """Variables that point AWS clients at the local endpoint."""
+        env = {k: os.environ.get(k, v) for k, v in LOCAL_DEFAULTS.items()}
+        env["AWS_ENDPOINT_URL"] = self.endpoint
+        return env
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start(self) -> DevStack:
+        try:
+            self._spawn("local-aws", "offpath.kit.local_aws", {"OFFPATH_LOCAL_AWS_HOST": self.host})
+            service_env = self.aws_env()
+            self._spawn(
+                "ingest",
+                "offpath.ingest",
+                {**service_env, "OFFPATH_INGEST_HOST": self.host},
+            )
+            self._spawn(
+                "query",
+                "offpath.query",
+                {**service_env, "OFFPATH_QUERY_HOST": self.host},
+            )
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _spawn(self, name: str, module: str, env_extra: Mapping[str, str]) -> None:
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT_URL_")
+        }
+        env.update(env_extra)
+        port_var = {
+            "local-aws": "OFFPATH_LOCAL_AWS_PORT",
+            "ingest": "OFFPATH_INGEST_PORT",
+            "query": "OFFPATH_QUERY_PORT",
+        }[name]
+        env[port_var] = str(self._ports[name])
+        env.update(self._extra_env)
+        env["PYTHONUNBUFFERED"] = "1"
+        process = subprocess.Popen(
+            [sys.executable, "-m", module],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops them in order
+            preexec_fn=_die_with_parent,
+        )
+        sink = self._output
+        if self._log_dir is not None:
+            self._log_dir.mkdir(parents=True, exist_ok=True)
+            sink = open(self._log_dir / f"{name}.log", "a", encoding="utf-8")  # noqa: SIM115
+            self._files.append(sink)
+        child = Child(name, process)
+        self.children[name] = child
+        threading.Thread(target=child.pump, args=(sink,), name=f"pump-{name}", daemon=True).start()
+        if not child.ready.wait(self._timeout) or child.port is None:
+            raise StartError(
+                f"{name} did not start within {self._timeout:.0f}s"
+                f" (exit code {process.poll()}); its last output:\n" + "\n".join(child.tail)
+            )
+
+    def stop(self, timeout_s: float = 30.0) -> dict[str, int | None]:
+        """SIGTERM each child, newest first, waiting for each; SIGKILL what
+        does not exit in time. Returns the exit codes."""
+        codes: dict[str, int | None] = {}
+        for name in reversed(list(self.children)):
+            process = self.children[name].process
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout_s)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            codes[name] = process.returncode
+        for handle in self._files:
+            handle.close()
+        self._files.clear()
+        return codes
+
+    def exited(self) -> str | None:
+        """The name of a child that has exited, if any."""
+        for name, child in self.children.items():
+            if child.process.poll() is not None:
+                return name
+        return None
+
+    def __enter__(self) -> DevStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _banner(stack: DevStack) -> str:
+    q, i = stack.query_target, stack.ingest_target
+    return (
+        "\n"
+        f"offpath is up: QueryService {q}, AnalyticsIngest {i}, local AWS {stack.endpoint}\n"
+        f"  .venv/bin/offpath query \"kubernetes\"\n"
+        f"  .tools/node_modules/.bin/buf curl --protocol grpc --http2-prior-knowledge "
+        f"-d '{{\"query\":\"kubernetes\"}}' http://{q}/offpath.v1.QueryService/Query\n"
+        "Ctrl-C stops everything.\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the whole offpath system locally.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--aws-port", type=int, default=int(os.environ.get("OFFPATH_LOCAL_AWS_PORT", 4566)))
+    parser.add_argument("--query-port", type=int, default=int(os.environ.get("OFFPATH_QUERY_PORT", 50051)))
+    parser.add_argument("--ingest-port", type=int, default=int(os.environ.get("OFFPATH_INGEST_PORT", 50052)))
+    args = parser.parse_args(argv)
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.set())
+    stack = DevStack(
+        host=args.host,
+        aws_port=args.aws_port,
+        query_port=args.query_port,
+        ingest_port=args.ingest_port,
+        output=sys.stdout,
+    )
+    try:
+        stack.start()
+    except StartError as exc:
+        print(f"make run: {exc}", file=sys.stderr)
+        sys.exit(1)
+    print(_banner(stack), file=sys.stderr, flush=True)
+    parent = os.getppid()
+    died: str | None = None
+    while not stop.wait(0.5):
+        died = stack.exited()
+        # make does not forward SIGTERM; notice when our parent went away.
+        if died is not None or os.getppid() != parent:
+            break
+    if died is not None:
+        print(f"make run: {died} exited unexpectedly; stopping the rest", file=sys.stderr)
+    codes = stack.stop()
+    print(f"make run: stopped ({', '.join(f'{k}={v}' for k, v in codes.items())})",
+          file=sys.stderr, flush=True)
+    sys.exit(1 if died is not None else 0)
+
+
+if __name__ == "__main__":
+    main()

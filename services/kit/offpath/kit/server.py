@@ -1,0 +1,103 @@
+"""Serving a grpc.aio server with health, reflection and a fixed shutdown order.
+
+On SIGTERM or SIGINT: health goes NOT_SERVING (so load balancers and
+Kubernetes stop sending), ``server.stop(grace)`` lets in-flight RPCs finish,
+then the ``on_stopped`` hook runs (the emitter drains there, with its own
+deadline), then :func:`serve` returns. Grace plus drain must fit inside the
+pod's ``terminationGracePeriodSeconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health as health_module
+from grpc_reflection.v1alpha import reflection
+
+log = structlog.get_logger("offpath.server")
+
+# Bounded message size: a Query is a short text; anything larger is an error
+# the client should see as RESOURCE_EXHAUSTED, not a memory spike.
+_MAX_RECEIVE_BYTES = 1 * 1024 * 1024
+
+ServerHook = Callable[[], Awaitable[None]]
+
+
+def server_options() -> list[tuple[str, int]]:
+    """Channel arguments for our servers."""
+    return [
+        ("grpc.max_receive_message_length", _MAX_RECEIVE_BYTES),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+async def serve(
+    *,
+    service_names: Sequence[str],
+    add_servicers: Callable[[grpc.aio.Server], None],
+    host: str,
+    port: int,
+    grace_s: float,
+    on_started: ServerHook | None = None,
+    on_stopped: ServerHook | None = None,
+    stop_event: asyncio.Event | None = None,
+) -> None:
+    """Run a server until SIGTERM/SIGINT (or ``stop_event``), then shut down.
+
+    ``service_names`` are the full names of the business services; health
+    and reflection are added here. ``port`` 0 binds a free port; the bound
+    port is logged as ``server_started`` (tests read it from there).
+    """
+    server = grpc.aio.server(options=server_options())
+    add_servicers(server)
+    health = health_module.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME],
+        server,
+    )
+    address = f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(f"cannot bind gRPC port {address}: {exc}") from exc
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC port {address}")
+    await server.start()
+    stop = stop_event or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    received: list[str] = []
+
+    def request_stop(sig: signal.Signals) -> None:
+        received.append(sig.name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, request_stop, sig)
+    try:
+        if on_started is not None:
+            await on_started()
+        for name in ("", *service_names):
+            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("server_started", host=host, port=bound, services=list(service_names),
+                 pid=os.getpid())
+        await stop.wait()
+        log.info("shutdown_started", signal=received[0] if received else None, grace_s=grace_s)
+        await health.enter_graceful_shutdown()
+        await server.stop(grace_s)
+        log.info("server_stopped")
+        if on_stopped is not None:
+            await on_stopped()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        # Idempotent; covers the error paths above.
+        await server.stop(None)
+    log.info("shutdown_complete")

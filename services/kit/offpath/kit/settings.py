@@ -1,0 +1,121 @@
+"""Reading ``OFFPATH_*`` settings from the environment.
+
+Services build one frozen settings object at start-up from these helpers and
+fail fast: a bad value raises :class:`SettingsError` naming the variable, the
+value and what is allowed, and the service exits with that message instead of
+falling back to a default the operator did not ask for.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+class SettingsError(ValueError):
+    """A setting has a value the service cannot run with."""
+
+
+def _raw(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return None
+    return value.strip()
+
+
+def env_str(env: Mapping[str, str], name: str, default: str) -> str:
+    """The variable's value, or ``default`` when unset or blank."""
+    value = _raw(env, name)
+    return default if value is None else value
+
+
+def env_optional_str(env: Mapping[str, str], name: str) -> str | None:
+    """The variable's value, or None when unset or blank."""
+    return _raw(env, name)
+
+
+def env_int(
+    env: Mapping[str, str],
+    name: str,
+    default: int,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+) -> int:
+    """An integer within [minimum, maximum]; ``default`` when unset."""
+    value = _raw(env, name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise SettingsError(f"{name}={value!r} is not an integer") from None
+    _check_range(name, value, number, minimum, maximum)
+    return number
+
+
+def env_float(
+    env: Mapping[str, str],
+    name: str,
+    default: float,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> float:
+    """A number within [minimum, maximum]; ``default`` when unset."""
+    value = _raw(env, name)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise SettingsError(f"{name}={value!r} is not a number") from None
+    if number != number:  # NaN compares unequal to itself
+        raise SettingsError(f"{name}={value!r} is not a number")
+    _check_range(name, value, number, minimum, maximum)
+    return number
+
+
+def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """true/false, 1/0, yes/no, on/off; ``default`` when unset."""
+    value = _raw(env, name)
+    if value is None:
+        return default
+    lowered = value.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise SettingsError(f"{name}={value!r} is not a boolean (use true or false)")
+
+
+def env_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    """One of ``choices`` (case-insensitive); ``default`` when unset."""
+    value = _raw(env, name)
+    if value is None:
+        return default
+    lowered = value.lower()
+    if lowered not in choices:
+        raise SettingsError(f"{name}={value!r} is not one of: {', '.join(choices)}")
+    return lowered
+
+
+def _check_range(
+    name: str,
+    raw: str,
+    number: float,
+    minimum: float | None,
+    maximum: float | None,
+) -> None:
+    if minimum is not None and number < minimum:
+        raise SettingsError(f"{name}={raw!r} is below the minimum {minimum}")
+    if maximum is not None and number > maximum:
+        raise SettingsError(f"{name}={raw!r} is above the maximum {maximum}")
+
+
+def environ() -> Mapping[str, str]:
+    """The process environment, as a read-only mapping."""
+    return os.environ

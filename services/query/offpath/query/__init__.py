@@ -1,0 +1,1 @@
+"""QueryService: answers questions about a CV by vector search over a skills catalog."""

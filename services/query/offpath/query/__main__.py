@@ -1,0 +1,3 @@
+from offpath.query.main import main
+
+main()

@@ -1,0 +1,76 @@
+"""QueryService entry point: ``python -m offpath.query`` (or ``offpath-query``)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import grpc
+import structlog
+
+from offpath.emitter import Emitter, SqsSink
+from offpath.kit.logs import configure_logging
+from offpath.kit.server import serve
+from offpath.kit.settings import SettingsError, environ
+from offpath.query.engine import CatalogError, SkillIndex
+from offpath.query.generator import TemplateGenerator
+from offpath.query.servicer import SERVICE_NAME, QueryServicer
+from offpath.query.settings import QuerySettings
+from offpath.v1 import query_pb2_grpc
+
+log = structlog.get_logger("offpath.query")
+
+
+async def run(settings: QuerySettings, stop_event: asyncio.Event | None = None) -> None:
+    """Serve until signalled; then stop the server, then drain the emitter."""
+    index = (
+        SkillIndex.from_file(settings.catalog_path)
+        if settings.catalog_path
+        else SkillIndex.default()
+    )
+    emitter: Emitter | None = None
+    if settings.analytics == "background":
+        emitter = Emitter(SqsSink(settings.emitter), settings.emitter)
+    servicer = QueryServicer(index, TemplateGenerator(), emitter)
+
+    def add(server: grpc.aio.Server) -> None:
+        query_pb2_grpc.add_QueryServiceServicer_to_server(servicer, server)
+
+    async def started() -> None:
+        if emitter is not None:
+            emitter.start()
+        log.info("query_ready", skills=len(index), analytics=settings.analytics)
+
+    async def stopped() -> None:
+        if emitter is not None:
+            await emitter.shutdown(settings.emitter.drain_timeout_s)
+
+    await serve(
+        service_names=[SERVICE_NAME],
+        add_servicers=add,
+        host=settings.host,
+        port=settings.port,
+        grace_s=settings.grace_s,
+        on_started=started,
+        on_stopped=stopped,
+        stop_event=stop_event,
+    )
+
+
+def main() -> None:
+    try:
+        settings = QuerySettings.from_env(environ())
+    except SettingsError as exc:
+        print(f"offpath-query: {exc}", file=sys.stderr)
+        sys.exit(2)
+    configure_logging("query", settings.log_level)
+    try:
+        asyncio.run(run(settings))
+    except (SettingsError, CatalogError, OSError) as exc:
+        log.error("startup_failed", error=str(exc))
+        print(f"offpath-query: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
