@@ -48,6 +48,7 @@ class Child:
     port: int | None = None
     ready: threading.Event = field(default_factory=threading.Event)
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=40))
+    pump_thread: threading.Thread | None = None
 
     def pump(self, sink: IO[str] | None) -> None:
         """Copy the child's output to ``sink``, watching for its ready line."""
@@ -121,20 +122,21 @@ class DevStack:
 
     # -- lifecycle ---------------------------------------------------------------
 
-    def start(self) -> DevStack:
+    def start(self, services: tuple[str, ...] = ("local-aws", "ingest", "query")) -> DevStack:
+        """Start the named parts in order (a test may want the endpoint only)."""
         try:
-            self._spawn("local-aws", "offpath.kit.local_aws", {"OFFPATH_LOCAL_AWS_HOST": self.host})
-            service_env = self.aws_env()
-            self._spawn(
-                "ingest",
-                "offpath.ingest",
-                {**service_env, "OFFPATH_INGEST_HOST": self.host},
-            )
-            self._spawn(
-                "query",
-                "offpath.query",
-                {**service_env, "OFFPATH_QUERY_HOST": self.host},
-            )
+            if "local-aws" in services:
+                self._spawn(
+                    "local-aws", "offpath.kit.local_aws", {"OFFPATH_LOCAL_AWS_HOST": self.host}
+                )
+            if "ingest" in services:
+                self._spawn(
+                    "ingest", "offpath.ingest", {**self.aws_env(), "OFFPATH_INGEST_HOST": self.host}
+                )
+            if "query" in services:
+                self._spawn(
+                    "query", "offpath.query", {**self.aws_env(), "OFFPATH_QUERY_HOST": self.host}
+                )
         except BaseException:
             self.stop()
             raise
@@ -170,27 +172,37 @@ class DevStack:
             self._files.append(sink)
         child = Child(name, process)
         self.children[name] = child
-        threading.Thread(target=child.pump, args=(sink,), name=f"pump-{name}", daemon=True).start()
+        child.pump_thread = threading.Thread(
+            target=child.pump, args=(sink,), name=f"pump-{name}", daemon=True
+        )
+        child.pump_thread.start()
         if not child.ready.wait(self._timeout) or child.port is None:
             raise StartError(
                 f"{name} did not start within {self._timeout:.0f}s"
                 f" (exit code {process.poll()}); its last output:\n" + "\n".join(child.tail)
             )
 
+    def stop_child(self, name: str, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM one child and wait; SIGKILL it if it does not exit in time."""
+        child = self.children[name]
+        process = child.process
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        # Let the pump copy the last lines, then release the pipe.
+        if child.pump_thread is not None:
+            child.pump_thread.join(5)
+        if process.stdout is not None and (child.pump_thread is None or not child.pump_thread.is_alive()):
+            process.stdout.close()
+        return process.returncode
+
     def stop(self, timeout_s: float = 30.0) -> dict[str, int | None]:
-        """SIGTERM each child, newest first, waiting for each; SIGKILL what
-        does not exit in time. Returns the exit codes."""
-        codes: dict[str, int | None] = {}
-        for name in reversed(list(self.children)):
-            process = self.children[name].process
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout_s)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-            codes[name] = process.returncode
+        """Stop every child, newest first. Returns the exit codes."""
+        codes = {name: self.stop_child(name, timeout_s) for name in reversed(list(self.children))}
         for handle in self._files:
             handle.close()
         self._files.clear()

@@ -1,0 +1,3 @@
+from offpath.client.cli import main
+
+main()

@@ -1,0 +1,135 @@
+"""The ``offpath`` command line.
+
+    offpath query "kubernetes"          ask QueryService; prints the answer and event id
+    offpath event EVENT_ID [--wait 5]   print a stored event (JSON)
+    offpath events [--since 1h]         list recent events
+    offpath summary [--since 24h]       totals over a time range
+
+Targets default to the local ports and can be set with
+``OFFPATH_QUERY_TARGET`` / ``OFFPATH_INGEST_TARGET`` or ``--query-target`` /
+``--ingest-target``. Exit codes: 0 ok, 1 the server answered with an error,
+2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import grpc
+from google.protobuf import json_format
+
+from offpath.client.client import DEFAULT_INGEST_TARGET, DEFAULT_QUERY_TARGET, OffpathClient
+
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def _duration(text: str) -> timedelta:
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30s, 15m, 1h or 7d")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="offpath", description="Query offpath and read its analytics."
+    )
+    parser.add_argument(
+        "--query-target",
+        default=os.environ.get("OFFPATH_QUERY_TARGET", DEFAULT_QUERY_TARGET),
+        help="QueryService host:port (OFFPATH_QUERY_TARGET)",
+    )
+    parser.add_argument(
+        "--ingest-target",
+        default=os.environ.get("OFFPATH_INGEST_TARGET", DEFAULT_INGEST_TARGET),
+        help="AnalyticsIngest host:port (OFFPATH_INGEST_TARGET)",
+    )
+    parser.add_argument("--timeout", type=float, default=5.0, help="per-call deadline, seconds")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    query = commands.add_parser("query", help="ask QueryService")
+    query.add_argument("text")
+    query.add_argument("--top-k", type=int, default=None)
+    query.add_argument("--json", action="store_true", help="print the whole response as JSON")
+
+    event = commands.add_parser("event", help="print one stored event")
+    event.add_argument("event_id")
+    event.add_argument(
+        "--wait", type=float, default=0.0, metavar="SECONDS",
+        help="keep asking while it is not stored yet",
+    )
+
+    events = commands.add_parser("events", help="list stored events")
+    events.add_argument("--since", type=_duration, default=timedelta(hours=1))
+    events.add_argument("--limit", type=int, default=20)
+    events.add_argument("--oldest-first", action="store_true")
+
+    summary = commands.add_parser("summary", help="totals over a time range")
+    summary.add_argument("--since", type=_duration, default=timedelta(hours=24))
+    return parser
+
+
+def _json(message: object) -> str:
+    return json_format.MessageToJson(message, indent=2)  # type: ignore[arg-type]
+
+
+def run(args: argparse.Namespace, client: OffpathClient) -> None:
+    out = sys.stdout
+    if args.command == "query":
+        response = client.query(args.text, args.top_k)
+        if args.json:
+            print(_json(response), file=out)
+            return
+        print(response.answer, file=out)
+        for skill in response.matched_skills:
+            print(f"  {skill.score:.3f}  {skill.name}", file=out)
+        ms = response.processing_time.ToNanoseconds() / 1e6
+        print(f"event {response.event_id}  ({response.model}, {response.token_count} tokens, "
+              f"{ms:.2f} ms)", file=out)
+    elif args.command == "event":
+        stored = (
+            client.wait_for_event(args.event_id, timeout=args.wait)
+            if args.wait > 0
+            else client.get_event(args.event_id)
+        )
+        print(_json(stored), file=out)
+    elif args.command == "events":
+        now = datetime.now(UTC)
+        for item in client.list_events(
+            start=now - args.since,
+            end=now,
+            newest_first=not args.oldest_first,
+            limit=args.limit,
+        ):
+            when = item.occurred_at.ToDatetime(UTC).isoformat(timespec="milliseconds")
+            skills = ", ".join(s.name for s in item.matched_skills)
+            print(f"{when}  {item.event_id}  {item.status_code:>2}  {item.query!r}  [{skills}]",
+                  file=out)
+    elif args.command == "summary":
+        now = datetime.now(UTC)
+        print(_json(client.summary(start=now - args.since, end=now)), file=out)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    with OffpathClient(args.query_target, args.ingest_target, timeout=args.timeout) as client:
+        try:
+            run(args, client)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            target = args.query_target if args.command == "query" else args.ingest_target
+            detail = exc.details() or ""
+            if code == grpc.StatusCode.UNAVAILABLE:
+                detail = f"cannot reach {target} ({detail}); is `make run` up?"
+            print(f"offpath: {code.name}: {detail}", file=sys.stderr)
+            sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
