@@ -52,9 +52,19 @@ def test_health_reports_serving(stack: DevStack, name: str) -> None:
 def test_buf_curl_lists_services(stack: DevStack, name: str) -> None:
     """`buf curl --list-services` (grpcurl-compatible) sees every service by reflection."""
     out = subprocess.run(
-        [_buf(), "curl", "--protocol", "grpc", "--http2-prior-knowledge", "--list-services",
-         f"http://{stack.host}:{stack.port(name)}"],
-        capture_output=True, text=True, timeout=60, check=True,
+        [
+            _buf(),
+            "curl",
+            "--protocol",
+            "grpc",
+            "--http2-prior-knowledge",
+            "--list-services",
+            f"http://{stack.host}:{stack.port(name)}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
     assert set(out.split()) == {EXPECTED[name], *COMMON}
 
@@ -63,18 +73,28 @@ def test_buf_curl_query_then_get_event(stack: DevStack) -> None:
     """The README's buf curl commands: Query answers with an eventId, GetEvent returns it."""
     buf = _buf()
     base = [buf, "curl", "--protocol", "grpc", "--http2-prior-knowledge"]
-    answer = json.loads(subprocess.run(
-        [*base, "-d", '{"query":"kubernetes"}',
-         f"http://{stack.query_target}/offpath.v1.QueryService/Query"],
-        capture_output=True, text=True, timeout=60, check=True,
-    ).stdout)
+    answer = json.loads(
+        subprocess.run(
+            [
+                *base,
+                "-d",
+                '{"query":"kubernetes"}',
+                f"http://{stack.query_target}/offpath.v1.QueryService/Query",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    )
     assert answer["matchedSkills"][0]["name"] == "Kubernetes"
     event_id = answer["eventId"]
     request = json.dumps({"eventId": event_id})
     url = f"http://{stack.ingest_target}/offpath.v1.AnalyticsIngest/GetEvent"
     for _ in range(50):
-        done = subprocess.run([*base, "-d", request, url], capture_output=True, text=True,
-                              timeout=60)
+        done = subprocess.run(
+            [*base, "-d", request, url], capture_output=True, text=True, timeout=60
+        )
         if done.returncode == 0:
             break
         assert "not_found" in done.stderr.lower()
@@ -84,23 +104,38 @@ def test_buf_curl_query_then_get_event(stack: DevStack) -> None:
 
 def test_cli_query_then_event(stack: DevStack) -> None:
     """`offpath query` prints the answer and event id; `offpath event --wait` prints it."""
-    env = {**os.environ, "OFFPATH_QUERY_TARGET": stack.query_target,
-           "OFFPATH_INGEST_TARGET": stack.ingest_target}
+    env = {
+        **os.environ,
+        "OFFPATH_QUERY_TARGET": stack.query_target,
+        "OFFPATH_INGEST_TARGET": stack.ingest_target,
+    }
     cli = [sys.executable, "-m", "offpath.client"]
-    out = subprocess.run([*cli, "query", "k8s"], env=env, capture_output=True, text=True,
-                         timeout=60, check=True).stdout
+    out = subprocess.run(
+        [*cli, "query", "k8s"], env=env, capture_output=True, text=True, timeout=60, check=True
+    ).stdout
     assert "Kubernetes" in out
     event_id = out.strip().splitlines()[-1].split()[1]
-    shown = subprocess.run([*cli, "event", event_id, "--wait", "5"], env=env,
-                           capture_output=True, text=True, timeout=60, check=True).stdout
+    shown = subprocess.run(
+        [*cli, "event", event_id, "--wait", "5"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     assert json.loads(shown)["event"]["eventId"] == event_id
 
 
 def test_cli_reports_server_errors_plainly(stack: DevStack) -> None:
     """A bad request prints the status and message, exits 1, and shows no traceback."""
     env = {**os.environ, "OFFPATH_QUERY_TARGET": stack.query_target}
-    done = subprocess.run([sys.executable, "-m", "offpath.client", "query", ""], env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "offpath.client", "query", ""],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1
     assert done.stderr.startswith("offpath: INVALID_ARGUMENT: query must not be empty")
     assert "Traceback" not in done.stderr

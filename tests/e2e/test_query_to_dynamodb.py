@@ -43,8 +43,8 @@ def test_invalid_query_is_invalid_argument_and_still_recorded(client: OffpathCli
     error = caught.value
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "must not be empty" in (error.details() or "")
-    trailers = dict(error.trailing_metadata() or ())  # type: ignore[attr-defined]
-    event_id = trailers["offpath-event-id"]
+    trailers = {item.key: item.value for item in error.trailing_metadata() or ()}
+    event_id = str(trailers["offpath-event-id"])
     stored = client.wait_for_event(event_id, timeout=FRESHNESS_BUDGET_S)
     assert stored.event.status_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
 

@@ -11,13 +11,16 @@ from offpath.kit.devstack import DevStack
 def test_sigterm_drains_the_emitter(tmp_path: Path) -> None:
     """Events of queries answered just before SIGTERM are sent during shutdown (a
     long linger makes sure they were still buffered) and all become readable."""
-    with DevStack(
-        aws_port=0,
-        query_port=0,
-        ingest_port=0,
-        env={"OFFPATH_INGEST_WAIT_S": "1", "OFFPATH_EMIT_LINGER_MS": "60000"},
-        log_dir=tmp_path,
-    ) as stack, OffpathClient(stack.query_target, stack.ingest_target) as client:
+    with (
+        DevStack(
+            aws_port=0,
+            query_port=0,
+            ingest_port=0,
+            env={"OFFPATH_INGEST_WAIT_S": "1", "OFFPATH_EMIT_LINGER_MS": "60000"},
+            log_dir=tmp_path,
+        ) as stack,
+        OffpathClient(stack.query_target, stack.ingest_target) as client,
+    ):
         ids = [client.query(f"terraform {i}").event_id for i in range(40)]
         assert stack.stop_child("query") == 0
         for event_id in ids:

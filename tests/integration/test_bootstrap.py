@@ -26,9 +26,7 @@ def test_creates_fifo_queue_with_redrive_to_fifo_dlq(resources: Resources) -> No
     redrive = json.loads(attrs["RedrivePolicy"])
     assert redrive["deadLetterTargetArn"] == resources.dlq_arn
     assert int(redrive["maxReceiveCount"]) == MAX_RECEIVE_COUNT
-    dlq = sqs.get_queue_attributes(QueueUrl=resources.dlq_url, AttributeNames=["All"])[
-        "Attributes"
-    ]
+    dlq = sqs.get_queue_attributes(QueueUrl=resources.dlq_url, AttributeNames=["All"])["Attributes"]
     assert dlq["FifoQueue"] == "true"
     assert dlq["MessageRetentionPeriod"] == str(RETENTION_SECONDS)
 

@@ -45,7 +45,9 @@ def _drain(url: str) -> list[dict[str, Any]]:
         messages.extend(got)  # type: ignore[arg-type]
         sqs.delete_message_batch(
             QueueUrl=url,
-            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)],
+            Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)
+            ],
         )
 
 
@@ -107,7 +109,7 @@ async def test_unreachable_endpoint_drops_and_counts(names: ResourceNames) -> No
     # Nothing listens on port 1: every connection is refused at once.
     sink = SqsSink(
         settings,
-        client_factory=lambda: boto3.client(  # type: ignore[return-value]
+        client_factory=lambda: boto3.client(
             "sqs",
             endpoint_url="http://127.0.0.1:1",
             config=aws.client_config(connect_timeout=0.2, read_timeout=0.2, max_attempts=1),

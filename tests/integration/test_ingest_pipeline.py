@@ -18,7 +18,9 @@ from offpath.v1 import analytics_pb2
 _NS = 1_000_000_000
 
 
-def _event(occurred_ns: int, query: str = "kubernetes", status: int = 0) -> analytics_pb2.AnalyticsEvent:
+def _event(
+    occurred_ns: int, query: str = "kubernetes", status: int = 0
+) -> analytics_pb2.AnalyticsEvent:
     event = analytics_pb2.AnalyticsEvent(
         event_id=new_id(),
         service="offpath.v1.QueryService",
@@ -50,13 +52,18 @@ def _store(resources: Resources) -> EventStore:
     return EventStore(dynamodb_client(), resources.table, shards=4)
 
 
-def test_events_are_written_and_messages_deleted(resources: Resources, names: ResourceNames) -> None:
+def test_events_are_written_and_messages_deleted(
+    resources: Resources, names: ResourceNames
+) -> None:
     """Every event of every message lands in DynamoDB and the queue ends empty."""
     events = [_event(time.time_ns() - i * _NS) for i in range(30)]
     _send(names, events)
     store = _store(resources)
     consumer = Consumer(
-        sqs_client(), store, queue_url=resources.queue_url, dlq_url=resources.dlq_url,
+        sqs_client(),
+        store,
+        queue_url=resources.queue_url,
+        dlq_url=resources.dlq_url,
         wait_seconds=0,
     )
     _consume_all(consumer)
@@ -112,7 +119,10 @@ def test_redelivered_events_are_not_duplicated(resources: Resources, names: Reso
     _send(names, events)
     store = _store(resources)
     consumer = Consumer(
-        sqs_client(), store, queue_url=resources.queue_url, dlq_url=resources.dlq_url,
+        sqs_client(),
+        store,
+        queue_url=resources.queue_url,
+        dlq_url=resources.dlq_url,
         wait_seconds=0,
     )
     _consume_all(consumer)

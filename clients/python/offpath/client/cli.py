@@ -61,7 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     event = commands.add_parser("event", help="print one stored event")
     event.add_argument("event_id")
     event.add_argument(
-        "--wait", type=float, default=0.0, metavar="SECONDS",
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
         help="keep asking while it is not stored yet",
     )
 
@@ -90,8 +93,11 @@ def run(args: argparse.Namespace, client: OffpathClient) -> None:
         for skill in response.matched_skills:
             print(f"  {skill.score:.3f}  {skill.name}", file=out)
         ms = response.processing_time.ToNanoseconds() / 1e6
-        print(f"event {response.event_id}  ({response.model}, {response.token_count} tokens, "
-              f"{ms:.2f} ms)", file=out)
+        print(
+            f"event {response.event_id}  ({response.model}, {response.token_count} tokens, "
+            f"{ms:.2f} ms)",
+            file=out,
+        )
     elif args.command == "event":
         stored = (
             client.wait_for_event(args.event_id, timeout=args.wait)
@@ -109,8 +115,10 @@ def run(args: argparse.Namespace, client: OffpathClient) -> None:
         ):
             when = item.occurred_at.ToDatetime(UTC).isoformat(timespec="milliseconds")
             skills = ", ".join(s.name for s in item.matched_skills)
-            print(f"{when}  {item.event_id}  {item.status_code:>2}  {item.query!r}  [{skills}]",
-                  file=out)
+            print(
+                f"{when}  {item.event_id}  {item.status_code:>2}  {item.query!r}  [{skills}]",
+                file=out,
+            )
     elif args.command == "summary":
         now = datetime.now(UTC)
         print(_json(client.summary(start=now - args.since, end=now)), file=out)

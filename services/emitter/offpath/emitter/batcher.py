@@ -15,11 +15,12 @@ reason (``queue_full``, ``shutdown``, ``too_large``, ``rejected``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from functools import partial
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import structlog
 
@@ -106,7 +107,11 @@ class Emitter:
         buffer.append(record)
         self._stats.enqueued += 1
         wake = self._wake
-        if wake is not None and len(buffer) >= self._settings.max_export_batch and not wake.is_set():
+        if (
+            wake is not None
+            and len(buffer) >= self._settings.max_export_batch
+            and not wake.is_set()
+        ):
             wake.set()
         return True
 
@@ -193,10 +198,8 @@ class Emitter:
         assert self._wake is not None
         while True:
             if not self._stopping and len(self._buffer) < self._settings.max_export_batch:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self._settings.linger_s)
-                except TimeoutError:
-                    pass
                 self._wake.clear()
             try:
                 await self._export_pending()
@@ -207,7 +210,8 @@ class Emitter:
                 return
 
     async def _export_pending(self) -> None:
-        assert self._lock is not None and self._worker is not None
+        assert self._lock is not None
+        assert self._worker is not None
         async with self._lock:
             while self._buffer:
                 size = min(len(self._buffer), self._settings.max_export_batch)

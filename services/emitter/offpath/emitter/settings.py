@@ -100,4 +100,3 @@ class EmitterSettings:
                 env, ENV_DRAIN_TIMEOUT_S, _DEFAULT_DRAIN_TIMEOUT_S, minimum=0, maximum=3600
             ),
         )
-

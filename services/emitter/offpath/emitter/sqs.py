@@ -152,8 +152,13 @@ class SqsSink:
             result.dropped["too_large"] += too_large
         for call in self._entries(batches):
             result.merge(self._send(call, deadline))
-        log.debug("batch_flushed", events=len(events), sent=result.sent,
-                  requests=result.requests, dropped=dict(result.dropped))
+        log.debug(
+            "batch_flushed",
+            events=len(events),
+            sent=result.sent,
+            requests=result.requests,
+            dropped=dict(result.dropped),
+        )
         return result
 
     def _send(self, call: list[_Entry], deadline: float) -> ExportResult:
@@ -167,7 +172,8 @@ class SqsSink:
                 url = self._queue_url or self._resolve(client)
                 result.requests += 1
                 response = client.send_message_batch(
-                    QueueUrl=url, Entries=[item.entry for item in pending.values()]  # type: ignore[misc]
+                    QueueUrl=url,
+                    Entries=[item.entry for item in pending.values()],  # type: ignore[misc]
                 )
             except (BotoCoreError, ClientError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
@@ -182,12 +188,17 @@ class SqsSink:
                         item = pending.pop(failure["Id"], None)
                         if item is not None:
                             result.dropped["rejected"] += item.events
-                            log.error("sqs_entry_rejected", code=failure.get("Code"),
-                                      message=failure.get("Message"), events=item.events)
+                            log.error(
+                                "sqs_entry_rejected",
+                                code=failure.get("Code"),
+                                message=failure.get("Message"),
+                                events=item.events,
+                            )
                 if pending:
-                    error = "; ".join(
-                        f"{f.get('Code')}: {f.get('Message')}" for f in failed
-                    ) or "entries neither successful nor failed"
+                    error = (
+                        "; ".join(f"{f.get('Code')}: {f.get('Message')}" for f in failed)
+                        or "entries neither successful nor failed"
+                    )
             if not pending:
                 return result
             attempt += 1
@@ -197,8 +208,13 @@ class SqsSink:
                 result.dropped["send_failed"] += events
                 log.error("sqs_send_gave_up", attempts=attempt, events=events, error=error)
                 return result
-            log.warning("sqs_send_retry", attempt=attempt, events=events, delay_s=round(delay, 3),
-                        error=error)
+            log.warning(
+                "sqs_send_retry",
+                attempt=attempt,
+                events=events,
+                delay_s=round(delay, 3),
+                error=error,
+            )
             result.retries += 1
             self._sleep(delay)
 

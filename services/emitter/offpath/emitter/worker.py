@@ -8,6 +8,7 @@ emitter bounds its own waits and accounts for what was still in flight.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 from collections.abc import Callable
@@ -63,8 +64,6 @@ class Worker:
                 result = fn()
             except BaseException as exc:  # handed to the awaiting side
                 error = exc
-            try:
+            # RuntimeError: the loop closed while we worked; nobody is waiting.
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, future, result, error)
-            except RuntimeError:
-                # The loop closed while we worked; nobody is waiting any more.
-                pass

@@ -113,8 +113,12 @@ class Consumer:
                 failures += 1
                 self.stats.poll_errors += 1
                 delay = random.random() * min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**failures)
-                log.error("consumer_poll_failed", error=f"{type(exc).__name__}: {exc}",
-                          failures=failures, retry_in_s=round(delay, 2))
+                log.error(
+                    "consumer_poll_failed",
+                    error=f"{type(exc).__name__}: {exc}",
+                    failures=failures,
+                    retry_in_s=round(delay, 2),
+                )
                 stop.wait(delay)
         log.info("consumer_stopped")
 
@@ -140,7 +144,9 @@ class Consumer:
         handled: list[dict[str, Any]] = []
         for message in messages:
             try:
-                batch = decode_message(message.get("Body", ""), message.get("MessageAttributes", {}))
+                batch = decode_message(
+                    message.get("Body", ""), message.get("MessageAttributes", {})
+                )
             except PoisonMessage as poison:
                 if self._dead_letter_message(message, poison.reason):
                     handled.append(message)
@@ -164,8 +170,9 @@ class Consumer:
             written = self._store.write(items) if items else 0
         except WriteError as exc:
             self.stats.write_failures += 1
-            log.error("events_write_failed", error=str(exc), messages=len(decoded),
-                      events=len(items))
+            log.error(
+                "events_write_failed", error=str(exc), messages=len(decoded), events=len(items)
+            )
             written = -1
         if written >= 0:
             self.stats.events_written += written
@@ -210,8 +217,12 @@ class Consumer:
         )
         if ok:
             self.stats.invalid_events += len(decoded.invalid)
-            log.warning("events_dead_lettered", message_id=decoded.message["MessageId"],
-                        events=len(decoded.invalid), reason=reason[:_MAX_REASON_CHARS])
+            log.warning(
+                "events_dead_lettered",
+                message_id=decoded.message["MessageId"],
+                events=len(decoded.invalid),
+                reason=reason[:_MAX_REASON_CHARS],
+            )
         return ok
 
     def _send_dead_letter(
@@ -253,5 +264,9 @@ class Consumer:
         failed = response.get("Failed", [])
         self.stats.deleted += len(messages) - len(failed)
         for failure in failed:
-            log.error("delete_failed", id=failure.get("Id"), code=failure.get("Code"),
-                      message=failure.get("Message"))
+            log.error(
+                "delete_failed",
+                id=failure.get("Id"),
+                code=failure.get("Code"),
+                message=failure.get("Message"),
+            )

@@ -37,12 +37,12 @@ def _consume(settings: IngestSettings, store: EventStore, stop: threading.Event)
     attempt = 0
     while not stop.is_set():
         try:
-            queue_url = settings.queue_url or sqs.get_queue_url(
-                QueueName=settings.names.queue
-            )["QueueUrl"]
-            dlq_url = settings.dlq_url or sqs.get_queue_url(QueueName=settings.names.dlq)[
-                "QueueUrl"
-            ]
+            queue_url = (
+                settings.queue_url or sqs.get_queue_url(QueueName=settings.names.queue)["QueueUrl"]
+            )
+            dlq_url = (
+                settings.dlq_url or sqs.get_queue_url(QueueName=settings.names.dlq)["QueueUrl"]
+            )
             break
         except Exception as exc:
             attempt += 1

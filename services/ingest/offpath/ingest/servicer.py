@@ -88,7 +88,9 @@ class IngestServicer(ingest_pb2_grpc.AnalyticsIngestServicer):
         self._store = store
 
     async def GetEvent(
-        self, request: ingest_pb2.GetEventRequest, context: grpc.aio.ServicerContext
+        self,
+        request: ingest_pb2.GetEventRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> ingest_pb2.GetEventResponse:
         event_id = request.event_id.strip()
         if not is_uuid(event_id):
@@ -110,12 +112,16 @@ class IngestServicer(ingest_pb2_grpc.AnalyticsIngestServicer):
         )
 
     async def ListEvents(
-        self, request: ingest_pb2.ListEventsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: ingest_pb2.ListEventsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> ingest_pb2.ListEventsResponse:
         try:
             page_size = request.page_size or DEFAULT_PAGE_SIZE
             if not 1 <= page_size <= MAX_PAGE_SIZE:
-                raise BadRequest(f"page_size is {page_size}; it must be between 1 and {MAX_PAGE_SIZE}")
+                raise BadRequest(
+                    f"page_size is {page_size}; it must be between 1 and {MAX_PAGE_SIZE}"
+                )
             cursor: str | None = None
             newest_first = request.newest_first
             if request.page_token:
@@ -147,7 +153,9 @@ class IngestServicer(ingest_pb2_grpc.AnalyticsIngestServicer):
         )
 
     async def GetSummary(
-        self, request: ingest_pb2.GetSummaryRequest, context: grpc.aio.ServicerContext
+        self,
+        request: ingest_pb2.GetSummaryRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> ingest_pb2.GetSummaryResponse:
         try:
             start_ns, end_ns = resolve_range(
@@ -165,7 +173,7 @@ class IngestServicer(ingest_pb2_grpc.AnalyticsIngestServicer):
             mean_processing_ms=summary.mean_processing_ms,
         )
 
-    async def _call(self, context: grpc.aio.ServicerContext, fn: Any, *args: Any) -> Any:
+    async def _call(self, context: grpc.aio.ServicerContext[Any, Any], fn: Any, *args: Any) -> Any:
         try:
             return await asyncio.to_thread(fn, *args)
         except Exception as exc:

@@ -149,9 +149,7 @@ class EventStore:
             requests: list[Any] = [{"PutRequest": {"Item": item}} for item in chunk]
             for attempt in range(_WRITE_ATTEMPTS):
                 try:
-                    response = self._client.batch_write_item(
-                        RequestItems={self._table: requests}
-                    )
+                    response = self._client.batch_write_item(RequestItems={self._table: requests})
                 except Exception as exc:
                     raise WriteError(f"BatchWriteItem failed: {exc}") from exc
                 requests = list(response.get("UnprocessedItems", {}).get(self._table, []))
@@ -301,8 +299,11 @@ class EventStore:
 def _stored(item: dict[str, Any]) -> StoredEvent:
     event = analytics_pb2.AnalyticsEvent.FromString(item["payload"]["B"])
     ingested = item.get("ingested_at", {}).get("S", "")
-    return StoredEvent(event=event, ingested_at_ns=_parse_iso_ns(ingested), batch_id=item.get(
-        "batch_id", {}).get("S", ""))
+    return StoredEvent(
+        event=event,
+        ingested_at_ns=_parse_iso_ns(ingested),
+        batch_id=item.get("batch_id", {}).get("S", ""),
+    )
 
 
 def _parse_iso_ns(text: str) -> int:

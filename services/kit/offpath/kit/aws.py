@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import boto3
 from botocore.config import Config
@@ -34,7 +34,7 @@ _DEFAULT_TABLE_NAME = "offpath-events"
 # Transport-level throttling and 5xx are botocore's job; "standard" retries
 # with jittered backoff. Parameter validation is skipped: our own code builds
 # every request, and it is a measurable part of each call's CPU cost.
-_RETRY_MODE = "standard"
+_RETRY_MODE: Final = "standard"
 _MAX_ATTEMPTS = 3
 
 

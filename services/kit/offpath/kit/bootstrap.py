@@ -13,7 +13,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from botocore.exceptions import ClientError
@@ -53,7 +53,7 @@ class Resources:
     table: str
 
 
-def _create_queue(sqs: SQSClient, name: str, attributes: dict[str, str]) -> str:
+def _create_queue(sqs: SQSClient, name: str, attributes: dict[Any, str]) -> str:
     if name.endswith(".fifo"):
         attributes = {**attributes, "FifoQueue": "true", "ContentBasedDeduplication": "false"}
     try:
@@ -74,9 +74,9 @@ def create_queues(sqs: SQSClient, names: ResourceNames) -> tuple[str, str, str]:
     ``MAX_RECEIVE_COUNT`` receives. Returns (queue_url, dlq_url, dlq_arn)."""
     retention = {"MessageRetentionPeriod": str(RETENTION_SECONDS)}
     dlq_url = _create_queue(sqs, names.dlq, dict(retention))
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
-        "Attributes"
-    ]["QueueArn"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
     queue_url = _create_queue(
         sqs,
         names.queue,

@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -143,9 +142,7 @@ class DevStack:
         return self
 
     def _spawn(self, name: str, module: str, env_extra: Mapping[str, str]) -> None:
-        env = {
-            k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT_URL_")
-        }
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT_URL_")}
         env.update(env_extra)
         port_var = {
             "local-aws": "OFFPATH_LOCAL_AWS_PORT",
@@ -196,7 +193,9 @@ class DevStack:
         # Let the pump copy the last lines, then release the pipe.
         if child.pump_thread is not None:
             child.pump_thread.join(5)
-        if process.stdout is not None and (child.pump_thread is None or not child.pump_thread.is_alive()):
+        if process.stdout is not None and (
+            child.pump_thread is None or not child.pump_thread.is_alive()
+        ):
             process.stdout.close()
         return process.returncode
 
@@ -227,9 +226,9 @@ def _banner(stack: DevStack) -> str:
     return (
         "\n"
         f"offpath is up: QueryService {q}, AnalyticsIngest {i}, local AWS {stack.endpoint}\n"
-        f"  .venv/bin/offpath query \"kubernetes\"\n"
+        f'  .venv/bin/offpath query "kubernetes"\n'
         f"  .tools/node_modules/.bin/buf curl --protocol grpc --http2-prior-knowledge "
-        f"-d '{{\"query\":\"kubernetes\"}}' http://{q}/offpath.v1.QueryService/Query\n"
+        f'-d \'{{"query":"kubernetes"}}\' http://{q}/offpath.v1.QueryService/Query\n'
         "Ctrl-C stops everything.\n"
     )
 
@@ -237,9 +236,15 @@ def _banner(stack: DevStack) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the whole offpath system locally.")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--aws-port", type=int, default=int(os.environ.get("OFFPATH_LOCAL_AWS_PORT", 4566)))
-    parser.add_argument("--query-port", type=int, default=int(os.environ.get("OFFPATH_QUERY_PORT", 50051)))
-    parser.add_argument("--ingest-port", type=int, default=int(os.environ.get("OFFPATH_INGEST_PORT", 50052)))
+    parser.add_argument(
+        "--aws-port", type=int, default=int(os.environ.get("OFFPATH_LOCAL_AWS_PORT", 4566))
+    )
+    parser.add_argument(
+        "--query-port", type=int, default=int(os.environ.get("OFFPATH_QUERY_PORT", 50051))
+    )
+    parser.add_argument(
+        "--ingest-port", type=int, default=int(os.environ.get("OFFPATH_INGEST_PORT", 50052))
+    )
     args = parser.parse_args(argv)
 
     stop = threading.Event()
@@ -268,8 +273,11 @@ def main(argv: list[str] | None = None) -> None:
     if died is not None:
         print(f"make run: {died} exited unexpectedly; stopping the rest", file=sys.stderr)
     codes = stack.stop()
-    print(f"make run: stopped ({', '.join(f'{k}={v}' for k, v in codes.items())})",
-          file=sys.stderr, flush=True)
+    print(
+        f"make run: stopped ({', '.join(f'{k}={v}' for k, v in codes.items())})",
+        file=sys.stderr,
+        flush=True,
+    )
     sys.exit(1 if died is not None else 0)
 
 

@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         server.start()
     except OSError as exc:
-        print(f"offpath-local-aws: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        print(
+            f"offpath-local-aws: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr
+        )
         sys.exit(2)
     host, port = server.get_host_and_port()
     url = endpoint_url(host, port)

@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 import structlog
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1 import health as health_module
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 log = structlog.get_logger("offpath.server")
@@ -56,11 +56,15 @@ async def serve(
     """
     server = grpc.aio.server(options=server_options())
     add_servicers(server)
-    health = health_module.aio.HealthServicer()
+    # grpc_health exposes its asyncio servicer as `health.aio`, untyped.
+    health = health_module.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
-        [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME],
+        [
+            *service_names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
         server,
     )
     address = f"{host}:{port}"
@@ -86,8 +90,9 @@ async def serve(
             await on_started()
         for name in ("", *service_names):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("server_started", host=host, port=bound, services=list(service_names),
-                 pid=os.getpid())
+        log.info(
+            "server_started", host=host, port=bound, services=list(service_names), pid=os.getpid()
+        )
         await stop.wait()
         log.info("shutdown_started", signal=received[0] if received else None, grace_s=grace_s)
         await health.enter_graceful_shutdown()

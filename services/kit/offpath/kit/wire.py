@@ -77,7 +77,9 @@ def decode_message(body: str, attributes: Mapping[str, Any]) -> analytics_pb2.An
     """Parse an SQS message into its batch, or raise :class:`PoisonMessage`."""
     schema = _string_attribute(attributes, SCHEMA_ATTRIBUTE)
     if schema != SCHEMA_NAME:
-        raise PoisonMessage(f"message attribute {SCHEMA_ATTRIBUTE}={schema!r}, want {SCHEMA_NAME!r}")
+        raise PoisonMessage(
+            f"message attribute {SCHEMA_ATTRIBUTE}={schema!r}, want {SCHEMA_NAME!r}"
+        )
     version = _string_attribute(attributes, VERSION_ATTRIBUTE)
     if version != SCHEMA_VERSION:
         raise PoisonMessage(

@@ -34,15 +34,15 @@ MAX_TOP_K = 20
 class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     """Answers questions about the CV from the skills index."""
 
-    def __init__(
-        self, index: SkillIndex, generator: Generator, emitter: Emitter | None
-    ) -> None:
+    def __init__(self, index: SkillIndex, generator: Generator, emitter: Emitter | None) -> None:
         self._index = index
         self._generator = generator
         self._emitter = emitter
 
     async def Query(
-        self, request: query_pb2.QueryRequest, context: grpc.aio.ServicerContext
+        self,
+        request: query_pb2.QueryRequest,
+        context: grpc.aio.ServicerContext[query_pb2.QueryRequest, query_pb2.QueryResponse],
     ) -> query_pb2.QueryResponse:
         started_ns = time.time_ns()
         t0 = time.perf_counter_ns()
