@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO
 
 from offpath.kit.local_aws import LOCAL_DEFAULTS, endpoint_url
+from offpath.kit.settings import SettingsError, env_int, environ
 
 _READY_EVENTS = {"server_started", "local_aws_started"}
 _PR_SET_PDEATHSIG = 1
@@ -235,16 +236,22 @@ def _banner(stack: DevStack) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the whole offpath system locally.")
+    env = environ()
+    try:
+        defaults = {
+            name: env_int(env, var, default, minimum=0, maximum=65535)
+            for name, var, default in (
+                ("aws", "OFFPATH_LOCAL_AWS_PORT", 4566),
+                ("query", "OFFPATH_QUERY_PORT", 50051),
+                ("ingest", "OFFPATH_INGEST_PORT", 50052),
+            )
+        }
+    except SettingsError as exc:
+        parser.error(str(exc))
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument(
-        "--aws-port", type=int, default=int(os.environ.get("OFFPATH_LOCAL_AWS_PORT", 4566))
-    )
-    parser.add_argument(
-        "--query-port", type=int, default=int(os.environ.get("OFFPATH_QUERY_PORT", 50051))
-    )
-    parser.add_argument(
-        "--ingest-port", type=int, default=int(os.environ.get("OFFPATH_INGEST_PORT", 50052))
-    )
+    parser.add_argument("--aws-port", type=int, default=defaults["aws"])
+    parser.add_argument("--query-port", type=int, default=defaults["query"])
+    parser.add_argument("--ingest-port", type=int, default=defaults["ingest"])
     args = parser.parse_args(argv)
 
     stop = threading.Event()
