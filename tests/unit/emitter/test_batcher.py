@@ -136,7 +136,7 @@ class TestEmit:
         results = [emitter.emit(_record(i)) for i in range(1, 101)]
         elapsed = time.perf_counter() - started
         assert all(results)
-        assert elapsed < 0.05
+        assert elapsed < 0.5  # the sink is stuck for seconds; a blocking emit would wait
         assert sink.batches == []
         gate.set()
         await emitter.shutdown()
@@ -188,7 +188,7 @@ class TestFlushing:
         await asyncio.sleep(0.05)
         assert sink.batches == []
         await _eventually(lambda: len(sink.events) == 1)
-        assert sink.called_at[0] - emitted_at < 0.2 + 0.15
+        assert sink.called_at[0] - emitted_at < 0.2 + 0.3
         assert emitter.stats.sent == 1
         await emitter.shutdown()
 
@@ -407,7 +407,10 @@ class TestEventRecord:
         assert event.service == record.service
         assert event.method == record.method
         assert event.query == record.query
-        assert [(s.name, s.score) for s in event.matched_skills] == [("Kubernetes", 0.75), ("Go", 0.5)]
+        assert [(s.name, s.score) for s in event.matched_skills] == [
+            ("Kubernetes", 0.75),
+            ("Go", 0.5),
+        ]
         assert event.model == "tiny-lm"
         assert event.token_count == 42
         assert event.status_code == 3

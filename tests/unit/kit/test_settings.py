@@ -97,7 +97,7 @@ class TestEnvFloat:
 
     @pytest.mark.parametrize("raw", ["-0.5", "3600.5", "inf", "-inf"])
     def test_out_of_range(self, raw: str) -> None:
-        """Values outside the range, infinities included, raise SettingsError naming the variable."""
+        """Values outside the range, infinities included, raise SettingsError naming it."""
         with pytest.raises(SettingsError, match=rf"^{VAR}=.* is (below|above)"):
             env_float({VAR: raw}, VAR, 1.0, minimum=0, maximum=3600)
 

@@ -167,7 +167,10 @@ class TestSizes:
         """The standard attributes count name, data type and value bytes, as SQS counts them."""
         expected = sum(
             len(name) + len("String") + len(value)
-            for name, value in [(SCHEMA_ATTRIBUTE, SCHEMA_NAME), (VERSION_ATTRIBUTE, SCHEMA_VERSION)]
+            for name, value in [
+                (SCHEMA_ATTRIBUTE, SCHEMA_NAME),
+                (VERSION_ATTRIBUTE, SCHEMA_VERSION),
+            ]
         )
         assert attributes_size(MESSAGE_ATTRIBUTES) == MESSAGE_ATTRIBUTES_SIZE == expected
 

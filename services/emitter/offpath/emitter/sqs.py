@@ -74,7 +74,8 @@ class SqsSink:
         self._clock = clock
         self._rng = rng
         # batch_id (field 1), producer_id (2), created_at (4), with tags and lengths.
-        self._batch_overhead = 2 + 36 + 2 + len(settings.producer_id.encode()) + 2 + 12
+        producer = len(settings.producer_id.encode())
+        self._batch_overhead = 2 + 36 + 1 + _varint_len(producer) + producer + 2 + 12
 
     # -- packing ------------------------------------------------------------
 

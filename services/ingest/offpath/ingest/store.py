@@ -155,6 +155,8 @@ class EventStore:
                 requests = list(response.get("UnprocessedItems", {}).get(self._table, []))
                 if not requests:
                     break
+                if attempt == _WRITE_ATTEMPTS - 1:
+                    continue  # out of attempts: no point waiting before raising
                 delay = self._rng() * min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**attempt)
                 log.warning("ddb_unprocessed_items", items=len(requests), attempt=attempt + 1)
                 self._sleep(delay)

@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 
@@ -59,14 +60,18 @@ def main(argv: list[str] | None = None) -> None:
     # Imported here: moto is a development dependency, not a runtime one.
     from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address=args.host, port=args.port, verbose=False)
+    # ThreadedMotoServer binds in its thread and waits forever if that fails;
+    # find out first, so a busy port is a clear error rather than a hang.
     try:
-        server.start()
+        with socket.create_server((args.host, args.port)):
+            pass
     except OSError as exc:
         print(
             f"offpath-local-aws: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr
         )
         sys.exit(2)
+    server = ThreadedMotoServer(ip_address=args.host, port=args.port, verbose=False)
+    server.start()
     host, port = server.get_host_and_port()
     url = endpoint_url(host, port)
     # This process bootstraps itself: point its own clients at itself.
