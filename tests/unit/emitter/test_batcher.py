@@ -136,7 +136,7 @@ class TestEmit:
         results = [emitter.emit(_record(i)) for i in range(1, 101)]
         elapsed = time.perf_counter() - started
         assert all(results)
-        assert elapsed < 0.5  # the sink is stuck for seconds; a blocking emit would wait
+        assert elapsed < 2.0  # the sink is stuck until released; a blocking emit would wait
         assert sink.batches == []
         gate.set()
         await emitter.shutdown()
@@ -188,7 +188,7 @@ class TestFlushing:
         await asyncio.sleep(0.05)
         assert sink.batches == []
         await _eventually(lambda: len(sink.events) == 1)
-        assert sink.called_at[0] - emitted_at < 0.2 + 0.3
+        assert sink.called_at[0] - emitted_at < 2.0
         assert emitter.stats.sent == 1
         await emitter.shutdown()
 
@@ -203,8 +203,8 @@ class TestFlushing:
         assert sink.batches == []  # one short of a full batch: still lingering
         started = time.monotonic()
         emitter.emit(_record(19))
-        await _eventually(lambda: len(sink.batches) == 1, timeout=1.0)
-        assert time.monotonic() - started < 1.0
+        await _eventually(lambda: len(sink.batches) == 1, timeout=3.0)
+        assert time.monotonic() - started < 3.0
         assert len(sink.batches[0]) == 20
         await emitter.shutdown()
 
@@ -255,7 +255,7 @@ class TestShutdown:
             emitter.emit(_record(i))
         started = time.monotonic()
         stats = await emitter.shutdown()
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 3.0
         assert len(sink.events) == 7
         assert stats.sent == 7
         assert sum(stats.dropped.values()) == 0
@@ -296,7 +296,7 @@ class TestShutdown:
         started = time.monotonic()
         stats = await emitter.shutdown()
         elapsed = time.monotonic() - started
-        assert 0.15 <= elapsed < 0.6
+        assert 0.15 <= elapsed < 3.0  # the sink would hang until released
         assert stats.dropped["shutdown_unsent"] == 7
         assert stats.sent == 0
         # The late answer from the worker must not be counted a second time.
@@ -316,7 +316,7 @@ class TestShutdown:
         await _eventually(sink.entered.is_set)
         started = time.monotonic()
         stats = await emitter.shutdown(timeout=0.1)
-        assert time.monotonic() - started < 0.5
+        assert time.monotonic() - started < 3.0  # vs the 30 s setting
         assert stats.dropped["shutdown_unsent"] == 1
         gate.set()
         await _eventually(sink.returned.is_set)
