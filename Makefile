@@ -26,7 +26,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	PYTHON=$(PY) scripts/gen_protos.sh
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
-	touch $@
+	touch $@ gen/.stamp
 
 gen/.stamp: $(VENV)/.installed $(PROTOS) scripts/gen_protos.sh
 	PYTHON=$(PY) scripts/gen_protos.sh
