@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
 import threading
 
 import grpc
@@ -22,9 +21,7 @@ from offpath.ingest.servicer import SERVICE_NAME, IngestServicer
 from offpath.ingest.settings import IngestSettings
 from offpath.ingest.store import EventStore
 from offpath.kit import aws
-from offpath.kit.logs import configure_logging
-from offpath.kit.server import serve
-from offpath.kit.settings import SettingsError, environ
+from offpath.kit.server import run_service, serve
 from offpath.v1 import ingest_pb2_grpc
 
 log = structlog.get_logger("offpath.ingest")
@@ -95,18 +92,7 @@ async def run(settings: IngestSettings, stop_event: asyncio.Event | None = None)
 
 
 def main() -> None:
-    try:
-        settings = IngestSettings.from_env(environ())
-    except SettingsError as exc:
-        print(f"offpath-ingest: {exc}", file=sys.stderr)
-        sys.exit(2)
-    configure_logging("ingest", settings.log_level)
-    try:
-        asyncio.run(run(settings))
-    except (SettingsError, OSError) as exc:
-        log.error("startup_failed", error=str(exc))
-        print(f"offpath-ingest: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_service("offpath-ingest", "ingest", IngestSettings.from_env, run)
 
 
 if __name__ == "__main__":

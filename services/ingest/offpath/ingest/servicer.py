@@ -65,6 +65,17 @@ def resolve_range(
     return start_ns, end_ns
 
 
+def request_range(
+    request: ingest_pb2.ListEventsRequest | ingest_pb2.GetSummaryRequest,
+) -> tuple[int, int]:
+    """The request's [start_time, end_time), defaults filled in from now."""
+    return resolve_range(
+        request.start_time if request.HasField("start_time") else None,
+        request.end_time if request.HasField("end_time") else None,
+        time.time_ns(),
+    )
+
+
 def encode_token(start_ns: int, end_ns: int, newest_first: bool, cursor: str) -> str:
     raw = json.dumps({"v": 1, "s": start_ns, "e": end_ns, "n": newest_first, "c": cursor})
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
@@ -132,11 +143,7 @@ class IngestServicer(ingest_pb2_grpc.AnalyticsIngestServicer):
                 if given or token_newest != newest_first:
                     raise BadRequest("page_token belongs to a request with other fields")
             else:
-                start_ns, end_ns = resolve_range(
-                    request.start_time if request.HasField("start_time") else None,
-                    request.end_time if request.HasField("end_time") else None,
-                    time.time_ns(),
-                )
+                start_ns, end_ns = request_range(request)
         except BadRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         events, next_cursor = await self._call(
@@ -158,11 +165,7 @@ class IngestServicer(ingest_pb2_grpc.AnalyticsIngestServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> ingest_pb2.GetSummaryResponse:
         try:
-            start_ns, end_ns = resolve_range(
-                request.start_time if request.HasField("start_time") else None,
-                request.end_time if request.HasField("end_time") else None,
-                time.time_ns(),
-            )
+            start_ns, end_ns = request_range(request)
         except BadRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         summary = await self._call(context, self._store.summary, start_ns, end_ns)

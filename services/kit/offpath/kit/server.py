@@ -12,13 +12,18 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import structlog
 from grpc_health.v1 import health as health_module
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from offpath.kit.logs import configure_logging
+from offpath.kit.settings import SettingsError, environ
 
 log = structlog.get_logger("offpath.server")
 
@@ -106,3 +111,38 @@ async def serve(
         # Idempotent; covers the error paths above.
         await server.stop(None)
     log.info("shutdown_complete")
+
+
+class _ServiceSettings(Protocol):
+    @property
+    def log_level(self) -> str: ...
+
+
+SettingsT = TypeVar("SettingsT", bound=_ServiceSettings)
+
+
+def run_service(
+    program: str,
+    service: str,
+    load_settings: Callable[[Mapping[str, str]], SettingsT],
+    run: Callable[[SettingsT], Coroutine[Any, Any, None]],
+    *,
+    fatal: tuple[type[Exception], ...] = (),
+) -> None:
+    """A service's ``main``: settings from the environment, logging, then
+    ``run`` until shutdown. A bad setting, an unbindable port or any of
+    ``fatal`` ends the process with exit code 2 and a one-line message (on
+    stderr and as a ``startup_failed`` log event), not a traceback."""
+    try:
+        settings = load_settings(environ())
+    except SettingsError as exc:
+        print(f"{program}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    configure_logging(service, settings.log_level)
+    errors: tuple[type[Exception], ...] = (SettingsError, OSError, *fatal)
+    try:
+        asyncio.run(run(settings))
+    except errors as exc:
+        log.error("startup_failed", error=str(exc))
+        print(f"{program}: {exc}", file=sys.stderr)
+        sys.exit(2)

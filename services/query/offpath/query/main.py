@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 
 import grpc
 import structlog
 
 from offpath.emitter import Emitter, SqsSink
-from offpath.kit.logs import configure_logging
-from offpath.kit.server import serve
-from offpath.kit.settings import SettingsError, environ
+from offpath.kit.server import run_service, serve
 from offpath.query.engine import CatalogError, SkillIndex
 from offpath.query.generator import TemplateGenerator
 from offpath.query.servicer import SERVICE_NAME, QueryServicer
@@ -58,18 +55,7 @@ async def run(settings: QuerySettings, stop_event: asyncio.Event | None = None) 
 
 
 def main() -> None:
-    try:
-        settings = QuerySettings.from_env(environ())
-    except SettingsError as exc:
-        print(f"offpath-query: {exc}", file=sys.stderr)
-        sys.exit(2)
-    configure_logging("query", settings.log_level)
-    try:
-        asyncio.run(run(settings))
-    except (SettingsError, CatalogError, OSError) as exc:
-        log.error("startup_failed", error=str(exc))
-        print(f"offpath-query: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_service("offpath-query", "query", QuerySettings.from_env, run, fatal=(CatalogError,))
 
 
 if __name__ == "__main__":
