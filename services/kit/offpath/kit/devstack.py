@@ -56,8 +56,13 @@ class Child:
         for line in self.process.stdout:
             self.tail.append(line.rstrip("\n"))
             if sink is not None:
-                sink.write(line)
-                sink.flush()
+                try:
+                    sink.write(line)
+                    sink.flush()
+                except (OSError, ValueError):
+                    # The reader went away (a closed pipe, `| head`): keep
+                    # draining, or the child would block writing its logs.
+                    sink = None
             if not self.ready.is_set() and line.startswith("{"):
                 with contextlib.suppress(ValueError):
                     record = json.loads(line)
@@ -65,6 +70,10 @@ class Child:
                         self.port = int(record["port"])
                         self.ready.set()
         self.ready.set()  # exited: wake whoever waits
+
+
+class _Interrupted(Exception):
+    """A signal arrived while the stack was starting."""
 
 
 class StartError(RuntimeError):
@@ -254,9 +263,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ingest-port", type=int, default=defaults["ingest"])
     args = parser.parse_args(argv)
 
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda *_: stop.set())
     stack = DevStack(
         host=args.host,
         aws_port=args.aws_port,
@@ -264,11 +270,24 @@ def main(argv: list[str] | None = None) -> None:
         ingest_port=args.ingest_port,
         output=sys.stdout,
     )
+
+    def interrupt_start(signum: int, _frame: object) -> None:
+        raise _Interrupted(signal.Signals(signum).name)
+
+    # While starting, a signal interrupts the wait; start() stops what it began.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, interrupt_start)
     try:
         stack.start()
     except StartError as exc:
         print(f"make run: {exc}", file=sys.stderr)
         sys.exit(1)
+    except _Interrupted as exc:
+        print(f"make run: {exc} while starting; stopped", file=sys.stderr)
+        sys.exit(130)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.set())
     print(_banner(stack), file=sys.stderr, flush=True)
     parent = os.getppid()
     died: str | None = None
