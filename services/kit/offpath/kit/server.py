@@ -34,6 +34,11 @@ _MAX_RECEIVE_BYTES = 1 * 1024 * 1024
 ServerHook = Callable[[], Awaitable[None]]
 
 
+class StartupError(RuntimeError):
+    """The service cannot start (a port in use, unreadable data, ...); the
+    message says what to fix."""
+
+
 def server_options() -> list[tuple[str, int]]:
     """Channel arguments for our servers."""
     return [
@@ -76,9 +81,9 @@ async def serve(
     try:
         bound = server.add_insecure_port(address)
     except RuntimeError as exc:
-        raise OSError(f"cannot bind gRPC port {address}: {exc}") from exc
+        raise StartupError(f"cannot bind gRPC port {address}: {exc}") from exc
     if bound == 0:
-        raise OSError(f"cannot bind gRPC port {address}")
+        raise StartupError(f"cannot bind gRPC port {address}")
     await server.start()
     stop = stop_event or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -126,23 +131,20 @@ def run_service(
     service: str,
     load_settings: Callable[[Mapping[str, str]], SettingsT],
     run: Callable[[SettingsT], Coroutine[Any, Any, None]],
-    *,
-    fatal: tuple[type[Exception], ...] = (),
 ) -> None:
     """A service's ``main``: settings from the environment, logging, then
-    ``run`` until shutdown. A bad setting, an unbindable port or any of
-    ``fatal`` ends the process with exit code 2 and a one-line message (on
-    stderr and as a ``startup_failed`` log event), not a traceback."""
+    ``run`` until shutdown. A bad setting or a :class:`StartupError` ends the
+    process with exit code 2 and a one-line message (on stderr and as a
+    ``startup_failed`` log event), not a traceback."""
     try:
         settings = load_settings(environ())
     except SettingsError as exc:
         print(f"{program}: {exc}", file=sys.stderr)
         sys.exit(2)
     configure_logging(service, settings.log_level)
-    errors: tuple[type[Exception], ...] = (SettingsError, OSError, *fatal)
     try:
         asyncio.run(run(settings))
-    except errors as exc:
+    except (SettingsError, StartupError) as exc:
         log.error("startup_failed", error=str(exc))
         print(f"{program}: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -8,7 +8,8 @@ import grpc
 import structlog
 
 from offpath.emitter import Emitter, SqsSink
-from offpath.kit.server import run_service, serve
+from offpath.kit import aws
+from offpath.kit.server import StartupError, run_service, serve
 from offpath.query.engine import CatalogError, SkillIndex
 from offpath.query.generator import TemplateGenerator
 from offpath.query.servicer import SERVICE_NAME, QueryServicer
@@ -20,14 +21,21 @@ log = structlog.get_logger("offpath.query")
 
 async def run(settings: QuerySettings, stop_event: asyncio.Event | None = None) -> None:
     """Serve until signalled; then stop the server, then drain the emitter."""
-    index = (
-        SkillIndex.from_file(settings.catalog_path)
-        if settings.catalog_path
-        else SkillIndex.default()
-    )
+    try:
+        index = (
+            SkillIndex.from_file(settings.catalog_path)
+            if settings.catalog_path
+            else SkillIndex.default()
+        )
+    except (OSError, CatalogError) as exc:
+        raise StartupError(f"cannot load the skills catalog: {exc}") from exc
     emitter: Emitter | None = None
     if settings.analytics == "background":
-        emitter = Emitter(SqsSink(settings.emitter), settings.emitter)
+        # Made now, not on first send: a missing region or a bad AWS
+        # configuration stops start-up with a clear message instead of
+        # turning every event into a logged drop.
+        sqs = aws.sqs_client()
+        emitter = Emitter(SqsSink(settings.emitter, client_factory=lambda: sqs), settings.emitter)
     servicer = QueryServicer(index, TemplateGenerator(), emitter)
 
     def add(server: grpc.aio.Server) -> None:
@@ -55,7 +63,7 @@ async def run(settings: QuerySettings, stop_event: asyncio.Event | None = None) 
 
 
 def main() -> None:
-    run_service("offpath-query", "query", QuerySettings.from_env, run, fatal=(CatalogError,))
+    run_service("offpath-query", "query", QuerySettings.from_env, run)
 
 
 if __name__ == "__main__":
