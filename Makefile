@@ -10,11 +10,12 @@ BUF    := $(TOOLS)/node_modules/.bin/buf
 BUF_VERSION := 1.75.0
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: help install gen run test lint fmt unit integration e2e lock clean bootstrap
+.PHONY: help install gen run test bench lint fmt unit integration e2e lock clean bootstrap
 
 help:
 	@echo "make run    start local AWS endpoint + QueryService + AnalyticsIngest (Ctrl-C stops all)"
 	@echo "make test   lint, type-check and run every test"
+	@echo "make bench  latency side by side: echo, analytics off, background, blocking (BENCH_ARGS=...)"
 	@echo "make gen    regenerate Python code from protos/"
 	@echo "make lock   re-resolve requirements.lock from pyproject.toml"
 	@echo "make clean  remove the environment, tools and generated code"
@@ -43,6 +44,11 @@ $(BUF):
 
 run: install
 	exec $(PY) -m offpath.kit.devstack
+
+# Side-by-side latency benchmark on loopback (about 4 minutes at the defaults);
+# results in bench-results/. Extra options: make bench BENCH_ARGS="--rate 100".
+bench: install
+	$(PY) -m offpath.bench $(BENCH_ARGS)
 
 bootstrap: install
 	$(PY) -m offpath.kit.bootstrap

@@ -246,6 +246,25 @@ class TestFlushing:
         await emitter.shutdown()
         assert emitter.stats.dropped["export_error"] == 3
 
+    async def test_events_arriving_during_an_export_wait_for_the_next_linger(
+        self, make_emitter: MakeEmitter
+    ) -> None:
+        """Events emitted while an export is in flight are not chased with an
+        immediate small export: they go out together at the next linger."""
+        gate = threading.Event()
+        emitter, sink = make_emitter(gate=gate, linger_s=0.3)
+        emitter.emit(_record(0))
+        await _eventually(sink.entered.is_set)  # first export in flight, held
+        for i in range(1, 6):
+            emitter.emit(_record(i))
+        gate.set()
+        await _eventually(lambda: len(sink.batches) == 1)
+        await asyncio.sleep(0.1)  # well inside the next linger
+        assert len(sink.batches) == 1
+        await _eventually(lambda: len(sink.batches) == 2)
+        assert len(sink.batches[1]) == 5
+        await emitter.shutdown()
+
 
 class TestShutdown:
     async def test_shutdown_drains_the_buffer(self, make_emitter: MakeEmitter) -> None:

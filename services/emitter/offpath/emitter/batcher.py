@@ -213,8 +213,13 @@ class Emitter:
         assert self._lock is not None
         assert self._worker is not None
         async with self._lock:
-            while self._buffer:
-                size = min(len(self._buffer), self._settings.max_export_batch)
+            # Only what is buffered now: events arriving during the export
+            # wait for the next linger (or a full batch) instead of being
+            # chased one small request at a time.
+            remaining = len(self._buffer)
+            while remaining > 0 and self._buffer:
+                size = min(remaining, len(self._buffer), self._settings.max_export_batch)
+                remaining -= size
                 chunk = [self._buffer.popleft() for _ in range(size)]
                 deadline = min(self._clock() + self._settings.retry_deadline_s, self._stop_deadline)
                 self._in_flight = size

@@ -94,6 +94,7 @@ class DevStack:
         log_dir: Path | None = None,
         output: IO[str] | None = None,
         start_timeout_s: float = 60.0,
+        cpus: set[int] | None = None,
     ) -> None:
         self.host = host
         self._ports = {"local-aws": aws_port, "ingest": ingest_port, "query": query_port}
@@ -101,6 +102,7 @@ class DevStack:
         self._log_dir = log_dir
         self._output = output
         self._timeout = start_timeout_s
+        self.cpus = cpus
         self.children: dict[str, Child] = {}
         self._files: list[IO[str]] = []
 
@@ -152,25 +154,44 @@ class DevStack:
         return self
 
     def _spawn(self, name: str, module: str, env_extra: Mapping[str, str]) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT_URL_")}
-        env.update(env_extra)
         port_var = {
             "local-aws": "OFFPATH_LOCAL_AWS_PORT",
             "ingest": "OFFPATH_INGEST_PORT",
             "query": "OFFPATH_QUERY_PORT",
         }[name]
-        env[port_var] = str(self._ports[name])
+        self.spawn(name, module, {**env_extra, port_var: str(self._ports[name])}, cpus=self.cpus)
+
+    def spawn(
+        self,
+        name: str,
+        module: str,
+        env_extra: Mapping[str, str],
+        *,
+        args: tuple[str, ...] = (),
+        cpus: set[int] | None = None,
+    ) -> Child:
+        """Start ``python -m module`` as child ``name`` and wait for the JSON log
+        line that says it is serving (``server_started`` or
+        ``local_aws_started``, with its port). ``cpus`` pins it to those cores."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT_URL_")}
+        env.update(env_extra)
         env.update(self._extra_env)
         env["PYTHONUNBUFFERED"] = "1"
+
+        def prepare() -> None:
+            _die_with_parent()
+            if cpus is not None:
+                os.sched_setaffinity(0, cpus)
+
         process = subprocess.Popen(
-            [sys.executable, "-m", module],
+            [sys.executable, "-m", module, *args],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             text=True,
             start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops them in order
-            preexec_fn=_die_with_parent,
+            preexec_fn=prepare,
         )
         sink = self._output
         if self._log_dir is not None:
@@ -188,6 +209,7 @@ class DevStack:
                 f"{name} did not start within {self._timeout:.0f}s"
                 f" (exit code {process.poll()}); its last output:\n" + "\n".join(child.tail)
             )
+        return child
 
     def stop_child(self, name: str, timeout_s: float = 30.0) -> int | None:
         """SIGTERM one child and wait; SIGKILL it if it does not exit in time."""

@@ -12,7 +12,7 @@ from offpath.kit import aws
 from offpath.kit.server import StartupError, run_service, serve
 from offpath.query.engine import CatalogError, SkillIndex
 from offpath.query.generator import TemplateGenerator
-from offpath.query.servicer import SERVICE_NAME, QueryServicer
+from offpath.query.servicer import SERVICE_NAME, BlockingRecorder, QueryServicer
 from offpath.query.settings import QuerySettings
 from offpath.v1 import query_pb2_grpc
 
@@ -30,13 +30,18 @@ async def run(settings: QuerySettings, stop_event: asyncio.Event | None = None) 
     except (OSError, CatalogError) as exc:
         raise StartupError(f"cannot load the skills catalog: {exc}") from exc
     emitter: Emitter | None = None
-    if settings.analytics == "background":
+    blocking: BlockingRecorder | None = None
+    if settings.analytics != "off":
         # Made now, not on first send: a missing region or a bad AWS
         # configuration stops start-up with a clear message instead of
         # turning every event into a logged drop.
         sqs = aws.sqs_client()
-        emitter = Emitter(SqsSink(settings.emitter, client_factory=lambda: sqs), settings.emitter)
-    servicer = QueryServicer(index, TemplateGenerator(), emitter)
+        sink = SqsSink(settings.emitter, client_factory=lambda: sqs)
+        if settings.analytics == "background":
+            emitter = Emitter(sink, settings.emitter)
+        else:
+            blocking = BlockingRecorder(sink, settings.emitter.producer_id)
+    servicer = QueryServicer(index, TemplateGenerator(), emitter, blocking)
 
     def add(server: grpc.aio.Server) -> None:
         query_pb2_grpc.add_QueryServiceServicer_to_server(servicer, server)
@@ -49,6 +54,8 @@ async def run(settings: QuerySettings, stop_event: asyncio.Event | None = None) 
     async def stopped() -> None:
         if emitter is not None:
             await emitter.shutdown(settings.emitter.drain_timeout_s)
+        if blocking is not None:
+            blocking.close()
 
     await serve(
         service_names=[SERVICE_NAME],

@@ -4,17 +4,20 @@ The handler validates, searches, generates and replies. Its only analytics
 work is building an :class:`EventRecord` and ``emit``-ting it in ``finally``
 (O(1), never blocks, never raises), for failed requests too, with the status
 code the client saw. The event id is minted first so the response (or, on an
-error, the trailing metadata ``offpath-event-id``) carries it.
+error, the trailing metadata ``offpath-event-id``) carries it. (The
+``blocking`` mode instead awaits the SQS call before replying; it exists only
+so the benchmark can show the cost offpath removes.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
 import structlog
 
-from offpath.emitter import Emitter, EventRecord
+from offpath.emitter import Emitter, EventRecord, EventSink
 from offpath.kit.ids import new_id
 from offpath.query.engine import SkillIndex
 from offpath.query.generator import Generator
@@ -34,10 +37,17 @@ MAX_TOP_K = 20
 class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     """Answers questions about the CV from the skills index."""
 
-    def __init__(self, index: SkillIndex, generator: Generator, emitter: Emitter | None) -> None:
+    def __init__(
+        self,
+        index: SkillIndex,
+        generator: Generator,
+        emitter: Emitter | None,
+        blocking: BlockingRecorder | None = None,
+    ) -> None:
         self._index = index
         self._generator = generator
         self._emitter = emitter
+        self._blocking = blocking
 
     async def Query(
         self,
@@ -83,21 +93,46 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             context.set_trailing_metadata(((EVENT_ID_METADATA, event_id),))
             await context.abort(status, f"internal error (event {event_id})")
         finally:
-            if self._emitter is not None:
-                self._emitter.emit(
-                    EventRecord(
-                        event_id=event_id,
-                        occurred_at_ns=started_ns,
-                        service=SERVICE_NAME,
-                        method=METHOD,
-                        query=query,
-                        matched_skills=skills,
-                        processing_ns=time.perf_counter_ns() - t0,
-                        model=model,
-                        token_count=tokens,
-                        status_code=status.value[0],
-                    )
+            if self._emitter is not None or self._blocking is not None:
+                record = EventRecord(
+                    event_id=event_id,
+                    occurred_at_ns=started_ns,
+                    service=SERVICE_NAME,
+                    method=METHOD,
+                    query=query,
+                    matched_skills=skills,
+                    processing_ns=time.perf_counter_ns() - t0,
+                    model=model,
+                    token_count=tokens,
+                    status_code=status.value[0],
                 )
+                if self._emitter is not None:
+                    self._emitter.emit(record)
+                elif self._blocking is not None:
+                    await self._blocking.send(record)
+
+
+class BlockingRecorder:
+    """Sends each event to SQS before the reply is released: the write-up's
+    original, synchronous design. It exists so the benchmark can show what
+    offpath saves (``OFFPATH_ANALYTICS=blocking``); never use it to serve."""
+
+    def __init__(self, sink: EventSink, producer_id: str, timeout_s: float = 5.0) -> None:
+        self._sink = sink
+        self._producer_id = producer_id
+        self._timeout_s = timeout_s
+
+    async def send(self, record: EventRecord) -> None:
+        event = record.to_proto(self._producer_id)
+        deadline = time.monotonic() + self._timeout_s
+        result = await asyncio.to_thread(self._sink.export, [event], deadline)
+        if result.sent != 1:
+            log.warning(
+                "blocking_send_failed", event_id=record.event_id, dropped=dict(result.dropped)
+            )
+
+    def close(self) -> None:
+        self._sink.close()
 
 
 def _validate(query: str, top_k: int) -> str | None:

@@ -23,8 +23,9 @@ _DEFAULT_GRACE_S = 5.0
 _DEFAULT_LOG_LEVEL = "info"
 
 # background: emit() and return (the product). off: no analytics at all (the
-# benchmark's baseline).
-ANALYTICS_MODES = ("background", "off")
+# benchmark's baseline). blocking: send to SQS before replying (the
+# benchmark's contrast: what the original design paid per query).
+ANALYTICS_MODES = ("background", "off", "blocking")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,3 @@
+from offpath.bench.run import main
+
+main()
