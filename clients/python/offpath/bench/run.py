@@ -12,7 +12,13 @@ variant's server in turn under the same open-loop load:
 - ``background``: QueryService, analytics fire-and-forget (the product);
 - ``background-sqs-slow``: the same, with SQS answering 100 ms late;
 - ``background-sqs-down``: the same, with SQS accepting and never answering;
-- ``blocking``: QueryService sending each event to SQS before replying.
+- ``blocking``: QueryService sending each event to SQS before replying;
+- ``off-contrast`` and ``blocking-contrast``: off and blocking again at the
+  lower ``--contrast-rate``, which the local endpoint can absorb one call per
+  request at, so the blocking cost shows as latency rather than as time-outs.
+
+Ratios compare each variant with ``off`` at the same rate. Failed requests stay
+in the latency distribution with their time to failure.
 
 Results go to ``bench-results/`` as JSON and an SVG chart; a table is printed.
 """
@@ -44,6 +50,7 @@ class Variant:
     module: str
     env: dict[str, str] = field(default_factory=dict)
     proxy: tuple[str, ...] | None = None  # proxy arguments, after --upstream
+    contrast: bool = False  # runs at --contrast-rate, compared with off at that rate
 
 
 VARIANTS = {
@@ -65,6 +72,12 @@ VARIANTS = {
             ("--blackhole",),
         ),
         Variant("blocking", "offpath.query", {"OFFPATH_ANALYTICS": "blocking"}),
+        # The local endpoint cannot absorb one SQS call per request at the main
+        # rate, so the blocking contrast is also measured where it can.
+        Variant("off-contrast", "offpath.query", {"OFFPATH_ANALYTICS": "off"}, contrast=True),
+        Variant(
+            "blocking-contrast", "offpath.query", {"OFFPATH_ANALYTICS": "blocking"}, contrast=True
+        ),
     )
 }
 BASELINE = "off"
@@ -157,10 +170,11 @@ def run_mode(
                         cpus=other_cpus,
                     )
                     env["AWS_ENDPOINT_URL_SQS"] = f"http://127.0.0.1:{proxy.port}"
+                rate = args.contrast_rate if variant.contrast else args.rate
                 name = f"server-{variant.name}"
                 server = stack.spawn(name, variant.module, env, cpus=serve_cpus)
                 print(
-                    f"[{mode}] {variant.name}: {args.rate:g} req/s for "
+                    f"[{mode}] {variant.name}: {rate:g} req/s for "
                     f"{args.warmup:g}+{args.duration:g} s",
                     file=sys.stderr,
                     flush=True,
@@ -168,7 +182,7 @@ def run_mode(
                 load = asyncio.run(
                     run_load(
                         f"127.0.0.1:{server.port}",
-                        rate=args.rate,
+                        rate=rate,
                         duration_s=args.duration,
                         warmup_s=args.warmup,
                     )
@@ -184,26 +198,28 @@ def run_mode(
                         entry["sqs_requests_per_1000_events"] = round(
                             1000 * stats["requests"] / stats["sent"], 2
                         )
-                if variant.name in ("background", "blocking") and load.event_ids:
+                if variant.name in ("background", "blocking-contrast") and load.event_ids:
                     entry["freshness"] = _freshness(client, load.event_ids)
+                entry["rate"] = rate
                 results[variant.name] = entry
     finally:
         stack.stop()
-    base = results.get(BASELINE, {}).get("latency_ms")
-    if base:
-        for entry in results.values():
-            lat = entry["latency_ms"]
-            entry["ratio_vs_off"] = {
-                q: round(lat[q] / base[q], 3) if lat[q] and base[q] else None
-                for q in ("p50", "p99")
-            }
+    for variant in variants:
+        baseline = results.get("off-contrast" if variant.contrast else BASELINE)
+        if baseline is None:
+            continue
+        base = baseline["latency_ms"]
+        lat = results[variant.name]["latency_ms"]
+        results[variant.name]["ratio_vs_off"] = {
+            q: round(lat[q] / base[q], 3) if lat[q] and base[q] else None for q in ("p50", "p99")
+        }
     return results
 
 
 def _table(report: dict[str, Any]) -> str:
     lines = []
     head = (
-        f"{'mode':9} {'variant':21} {'p50':>8} {'p90':>8} {'p99':>8} {'p99.9':>8} "
+        f"{'mode':9} {'variant':21} {'req/s':>5} {'p50':>8} {'p90':>8} {'p99':>8} {'p99.9':>8} "
         f"{'errors':>6} {'p50/off':>8} {'p99/off':>8} {'sqs/1k':>7} {'fresh p99':>9}"
     )
     lines.append(head)
@@ -215,7 +231,8 @@ def _table(report: dict[str, Any]) -> str:
             fresh = entry.get("freshness", {}).get("p99_ms")
             sqs = entry.get("sqs_requests_per_1000_events")
             lines.append(
-                f"{mode:9} {name:21} {lat['p50']:8.2f} {lat['p90']:8.2f} {lat['p99']:8.2f} "
+                f"{mode:9} {name:21} {entry['rate']:5g} {lat['p50']:8.2f} {lat['p90']:8.2f} "
+                f"{lat['p99']:8.2f} "
                 f"{lat['p99.9']:8.2f} {sum(lat['errors'].values()):6d} "
                 f"{_fmt(ratio.get('p50')):>8} {_fmt(ratio.get('p99')):>8} "
                 f"{_fmt(sqs):>7} {_fmt(fresh, 'ms'):>9}"
@@ -228,12 +245,18 @@ def _table(report: dict[str, Any]) -> str:
 
 
 def _fmt(value: float | None, unit: str = "") -> str:
-    return "-" if value is None else f"{value:g}{unit}"
+    return "-" if value is None or value != value else f"{value:g}{unit}"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="offpath-bench", description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second offered")
+    parser.add_argument(
+        "--contrast-rate",
+        type=float,
+        default=50.0,
+        help="requests per second for the *-contrast variants (blocking vs off)",
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per variant")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
     parser.add_argument(
@@ -265,6 +288,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "load": {
             "rate": args.rate,
+            "contrast_rate": args.contrast_rate,
             "duration_s": args.duration,
             "warmup_s": args.warmup,
             "open_loop": True,

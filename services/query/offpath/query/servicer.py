@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import structlog
@@ -121,17 +122,23 @@ class BlockingRecorder:
         self._sink = sink
         self._producer_id = producer_id
         self._timeout_s = timeout_s
+        # As many calls in flight as requests (the original awaited a fetch
+        # per request): a small shared pool would measure the pool instead.
+        self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="blocking-send")
 
     async def send(self, record: EventRecord) -> None:
         event = record.to_proto(self._producer_id)
         deadline = time.monotonic() + self._timeout_s
-        result = await asyncio.to_thread(self._sink.export, [event], deadline)
+        result = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._sink.export, [event], deadline
+        )
         if result.sent != 1:
             log.warning(
                 "blocking_send_failed", event_id=record.event_id, dropped=dict(result.dropped)
             )
 
     def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
         self._sink.close()
 
 
