@@ -219,6 +219,15 @@ class SqsSink:
             result.retries += 1
             self._sleep(delay)
 
+    def prepare(self) -> None:
+        """Make the client and look up the queue URL now. The first call pays
+        botocore's one-time set-up (several ms of CPU); paying it at start-up
+        keeps it off the first flush, when requests are already being served.
+        Raises what the look-up raises; sending later retries by itself."""
+        client = self._client or self._connect()
+        if self._queue_url is None:
+            self._resolve(client)
+
     def _connect(self) -> SQSClient:
         self._client = self._client_factory()
         return self._client

@@ -18,6 +18,8 @@ from offpath.v1 import query_pb2_grpc
 
 log = structlog.get_logger("offpath.query")
 
+_WARM_UP_TIMEOUT_S = 3.0
+
 
 async def run(settings: QuerySettings, stop_event: asyncio.Event | None = None) -> None:
     """Serve until signalled; then stop the server, then drain the emitter."""
@@ -31,6 +33,7 @@ async def run(settings: QuerySettings, stop_event: asyncio.Event | None = None) 
         raise StartupError(f"cannot load the skills catalog: {exc}") from exc
     emitter: Emitter | None = None
     blocking: BlockingRecorder | None = None
+    sink: SqsSink | None = None
     if settings.analytics != "off":
         # Made now, not on first send: a missing region or a bad AWS
         # configuration stops start-up with a clear message instead of
@@ -47,6 +50,14 @@ async def run(settings: QuerySettings, stop_event: asyncio.Event | None = None) 
         query_pb2_grpc.add_QueryServiceServicer_to_server(servicer, server)
 
     async def started() -> None:
+        # Before health says SERVING: warm the SQS client so its one-time cost
+        # does not land on the first flush. Best effort, bounded: analytics
+        # must never hold up serving.
+        if sink is not None:
+            try:
+                await asyncio.wait_for(asyncio.to_thread(sink.prepare), _WARM_UP_TIMEOUT_S)
+            except Exception as exc:
+                log.warning("sqs_warm_up_failed", error=f"{type(exc).__name__}: {exc}")
         if emitter is not None:
             emitter.start()
         log.info("query_ready", skills=len(index), analytics=settings.analytics)
