@@ -14,7 +14,13 @@ def _start(module: str, **env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "OFFPATH_"))}
     return subprocess.run(
         [sys.executable, "-m", module],
-        env={**base, "AWS_REGION": "us-east-1", **env},
+        env={
+            **base,
+            "AWS_REGION": "us-east-1",
+            "OFFPATH_QUERY_METRICS_PORT": "0",
+            "OFFPATH_INGEST_METRICS_PORT": "0",
+            **env,
+        },
         capture_output=True,
         text=True,
         timeout=60,

@@ -622,6 +622,8 @@ class Target:
     env_host: str
     env_port: str
     default_port: int
+    env_metrics_port: str
+    default_metrics_port: int
 
 
 def query_default_port() -> int:
@@ -639,6 +641,8 @@ TARGETS = [
         query_settings.ENV_HOST,
         query_settings.ENV_PORT,
         query_default_port(),
+        query_settings.ENV_METRICS_PORT,
+        QuerySettings.from_env({}).metrics_port,
     ),
     Target(
         "ingest",
@@ -646,6 +650,8 @@ TARGETS = [
         ingest_settings.ENV_HOST,
         ingest_settings.ENV_PORT,
         ingest_default_port(),
+        ingest_settings.ENV_METRICS_PORT,
+        IngestSettings.from_env({}).metrics_port,
     ),
 ]
 
@@ -690,8 +696,8 @@ class TestDockerfile:
     @pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.stage)
     def test_target_serves_its_module_on_its_port(self, target: Target) -> None:
         """Each target runs its service's module in exec form, binds all
-        interfaces on the settings' default port, exposes it, and stops on
-        SIGTERM."""
+        interfaces on the settings' default gRPC and metrics ports, exposes
+        them, and stops on SIGTERM."""
         stage = dockerfile_stages()[target.stage]
         assert stage.base == "runtime"
         assert json.loads(stage.one("ENTRYPOINT")) == [
@@ -700,8 +706,12 @@ class TestDockerfile:
             target.module,
         ]
         env = env_pairs(stage)
-        assert env == {target.env_host: "0.0.0.0", target.env_port: str(target.default_port)}
-        assert stage.one("EXPOSE") == str(target.default_port)
+        assert env == {
+            target.env_host: "0.0.0.0",
+            target.env_port: str(target.default_port),
+            target.env_metrics_port: str(target.default_metrics_port),
+        }
+        assert stage.one("EXPOSE") == f"{target.default_port} {target.default_metrics_port}"
         assert stage.one("STOPSIGNAL") == "SIGTERM"
 
     def test_build_context_admits_exactly_what_is_copied(self) -> None:
@@ -875,11 +885,17 @@ class TestDeployments:
     @pytest.mark.parametrize("service", sorted(SERVICES))
     def test_grpc_probes_on_the_serving_port(self, service: str) -> None:
         """Liveness and readiness are Kubernetes grpc probes of the overall
-        health (service "") on the port the service listens on."""
+        health (service "") on the port the service listens on; the metrics
+        port is declared beside it."""
         settings = SERVICES[service][1].from_env(env_of(deployment(service), BASE))
         container = main_container(service)
-        (port,) = container["ports"]
-        assert port == {"name": "grpc", "containerPort": settings.port, "protocol": "TCP"}
+        grpc_port, metrics_port = container["ports"]
+        assert grpc_port == {"name": "grpc", "containerPort": settings.port, "protocol": "TCP"}
+        assert metrics_port == {
+            "name": "metrics",
+            "containerPort": settings.metrics_port,
+            "protocol": "TCP",
+        }
         for probe in ("livenessProbe", "readinessProbe"):
             assert container[probe]["grpc"] == {"port": settings.port, "service": ""}, probe
 

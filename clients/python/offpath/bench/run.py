@@ -163,6 +163,7 @@ def run_mode(
                     **stack.aws_env(),
                     **variant.env,
                     "OFFPATH_QUERY_PORT": "0",
+                    "OFFPATH_QUERY_METRICS_PORT": "0",
                     "OFFPATH_PRODUCER_ID": f"bench-{mode}-{variant.name}",
                 }
                 if variant.proxy is not None:

@@ -49,8 +49,10 @@ class EmitterStats:
         return self.enqueued + self.dropped["queue_full"] + self.dropped["shutdown"]
 
     def snapshot(self) -> EmitterStats:
+        # dict.copy is one C call under the GIL: safe while the loop thread
+        # adds a reason (a metrics scrape reads from another thread).
         return EmitterStats(
-            self.enqueued, self.sent, self.requests, self.retries, Counter(self.dropped)
+            self.enqueued, self.sent, self.requests, self.retries, Counter(dict.copy(self.dropped))
         )
 
     def as_dict(self) -> dict[str, object]:

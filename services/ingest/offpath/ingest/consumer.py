@@ -91,6 +91,7 @@ class Consumer:
         dlq_url: str,
         wait_seconds: int = 10,
         clock_ns: Callable[[], int] = time.time_ns,
+        stats: ConsumerStats | None = None,
     ) -> None:
         self._sqs = sqs
         self._store = store
@@ -99,7 +100,7 @@ class Consumer:
         self._fifo_dlq = dlq_url.endswith(".fifo")
         self._wait_seconds = wait_seconds
         self._clock_ns = clock_ns
-        self.stats = ConsumerStats()
+        self.stats = stats or ConsumerStats()
 
     def run(self, stop: threading.Event) -> None:
         """Poll until ``stop`` is set; errors back off, never end the loop."""

@@ -16,18 +16,22 @@ import threading
 import grpc
 import structlog
 
-from offpath.ingest.consumer import Consumer
+from offpath.ingest.consumer import Consumer, ConsumerStats
+from offpath.ingest.metrics import consumer_samples
 from offpath.ingest.servicer import SERVICE_NAME, IngestServicer
 from offpath.ingest.settings import IngestSettings
 from offpath.ingest.store import EventStore
 from offpath.kit import aws
+from offpath.kit.metrics import serve_metrics
 from offpath.kit.server import run_service, serve
 from offpath.v1 import ingest_pb2_grpc
 
 log = structlog.get_logger("offpath.ingest")
 
 
-def _consume(settings: IngestSettings, store: EventStore, stop: threading.Event) -> None:
+def _consume(
+    settings: IngestSettings, store: EventStore, stats: ConsumerStats, stop: threading.Event
+) -> None:
     """Resolve the queues (retrying while the endpoint is not there yet), then poll."""
     # Long polls hold a connection for wait_s; the read timeout must outlast it.
     sqs = aws.sqs_client(aws.client_config(read_timeout=settings.wait_s + 10))
@@ -48,9 +52,9 @@ def _consume(settings: IngestSettings, store: EventStore, stop: threading.Event)
             stop.wait(delay)
     else:
         return
-    Consumer(sqs, store, queue_url=queue_url, dlq_url=dlq_url, wait_seconds=settings.wait_s).run(
-        stop
-    )
+    Consumer(
+        sqs, store, queue_url=queue_url, dlq_url=dlq_url, wait_seconds=settings.wait_s, stats=stats
+    ).run(stop)
 
 
 async def run(settings: IngestSettings, stop_event: asyncio.Event | None = None) -> None:
@@ -61,10 +65,17 @@ async def run(settings: IngestSettings, stop_event: asyncio.Event | None = None)
         retention_days=settings.retention_days,
     )
     stop = threading.Event()
+    stats = ConsumerStats()
+    _, stop_metrics = serve_metrics(
+        settings.host, settings.metrics_port, lambda: consumer_samples(stats)
+    )
     # A daemon thread: a long poll in flight must not hold the process past
     # its shutdown deadline (its messages simply become visible again).
     consumer = threading.Thread(
-        target=_consume, args=(settings, store, stop), name="offpath-ingest-consumer", daemon=True
+        target=_consume,
+        args=(settings, store, stats, stop),
+        name="offpath-ingest-consumer",
+        daemon=True,
     )
 
     def add(server: grpc.aio.Server) -> None:
@@ -78,6 +89,7 @@ async def run(settings: IngestSettings, stop_event: asyncio.Event | None = None)
         await asyncio.to_thread(consumer.join, settings.grace_s)
         if consumer.is_alive():
             log.warning("consumer_still_polling", detail="exiting; its messages reappear")
+        stop_metrics()
 
     await serve(
         service_names=[SERVICE_NAME],

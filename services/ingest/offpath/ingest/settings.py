@@ -11,6 +11,7 @@ from offpath.kit.settings import env_choice, env_float, env_int, env_optional_st
 
 ENV_HOST = "OFFPATH_INGEST_HOST"
 ENV_PORT = "OFFPATH_INGEST_PORT"
+ENV_METRICS_PORT = "OFFPATH_INGEST_METRICS_PORT"
 ENV_WAIT_S = "OFFPATH_INGEST_WAIT_S"
 ENV_RETENTION_DAYS = "OFFPATH_RETENTION_DAYS"
 ENV_TIME_SHARDS = "OFFPATH_DDB_TIME_SHARDS"
@@ -21,6 +22,7 @@ ENV_LOG_LEVEL = "OFFPATH_LOG_LEVEL"
 
 _DEFAULT_HOST = "127.0.0.1"
 _DEFAULT_PORT = 50052
+_DEFAULT_METRICS_PORT = 9465
 # Long polls are cheap and return at once when messages arrive; 10 s keeps
 # shutdown (which waits for the poll in flight) short.
 _DEFAULT_WAIT_S = 10
@@ -36,6 +38,7 @@ _DEFAULT_LOG_LEVEL = "info"
 class IngestSettings:
     host: str
     port: int
+    metrics_port: int
     wait_s: int
     retention_days: int
     time_shards: int
@@ -50,6 +53,9 @@ class IngestSettings:
         return cls(
             host=env_str(env, ENV_HOST, _DEFAULT_HOST),
             port=env_int(env, ENV_PORT, _DEFAULT_PORT, minimum=0, maximum=65535),
+            metrics_port=env_int(
+                env, ENV_METRICS_PORT, _DEFAULT_METRICS_PORT, minimum=0, maximum=65535
+            ),
             wait_s=env_int(env, ENV_WAIT_S, _DEFAULT_WAIT_S, minimum=0, maximum=20),
             retention_days=env_int(
                 env, ENV_RETENTION_DAYS, _DEFAULT_RETENTION_DAYS, minimum=1, maximum=3650

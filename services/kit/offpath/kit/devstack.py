@@ -46,6 +46,7 @@ class Child:
     name: str
     process: subprocess.Popen[str]
     port: int | None = None
+    metrics_port: int | None = None
     ready: threading.Event = field(default_factory=threading.Event)
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=40))
     pump_thread: threading.Thread | None = None
@@ -66,6 +67,8 @@ class Child:
             if not self.ready.is_set() and line.startswith("{"):
                 with contextlib.suppress(ValueError):
                     record = json.loads(line)
+                    if record.get("event") == "metrics_started":
+                        self.metrics_port = int(record["port"])
                     if record.get("event") in _READY_EVENTS:
                         self.port = int(record["port"])
                         self.ready.set()
@@ -159,7 +162,12 @@ class DevStack:
             "ingest": "OFFPATH_INGEST_PORT",
             "query": "OFFPATH_QUERY_PORT",
         }[name]
-        self.spawn(name, module, {**env_extra, port_var: str(self._ports[name])}, cpus=self.cpus)
+        env = {**env_extra, port_var: str(self._ports[name])}
+        if name != "local-aws" and self._ports[name] == 0:
+            # A stack on free ports takes free metrics ports too, so it never
+            # collides with a `make run` on the defaults.
+            env[f"OFFPATH_{name.upper()}_METRICS_PORT"] = "0"
+        self.spawn(name, module, env, cpus=self.cpus)
 
     def spawn(
         self,

@@ -8,7 +8,9 @@ import grpc
 import structlog
 
 from offpath.emitter import Emitter, SqsSink
+from offpath.emitter.metrics import emitter_samples
 from offpath.kit import aws
+from offpath.kit.metrics import serve_metrics
 from offpath.kit.server import StartupError, run_service, serve
 from offpath.query.engine import CatalogError, SkillIndex
 from offpath.query.generator import TemplateGenerator
@@ -45,6 +47,11 @@ async def run(settings: QuerySettings, stop_event: asyncio.Event | None = None) 
         else:
             blocking = BlockingRecorder(sink, settings.emitter.producer_id)
     servicer = QueryServicer(index, TemplateGenerator(), emitter, blocking)
+    _, stop_metrics = serve_metrics(
+        settings.host,
+        settings.metrics_port,
+        lambda: emitter_samples(emitter) if emitter is not None else [],
+    )
 
     def add(server: grpc.aio.Server) -> None:
         query_pb2_grpc.add_QueryServiceServicer_to_server(servicer, server)
@@ -67,6 +74,7 @@ async def run(settings: QuerySettings, stop_event: asyncio.Event | None = None) 
             await emitter.shutdown(settings.emitter.drain_timeout_s)
         if blocking is not None:
             blocking.close()
+        stop_metrics()
 
     await serve(
         service_names=[SERVICE_NAME],

@@ -11,6 +11,7 @@ from offpath.kit.settings import env_choice, env_float, env_int, env_optional_st
 
 ENV_HOST = "OFFPATH_QUERY_HOST"
 ENV_PORT = "OFFPATH_QUERY_PORT"
+ENV_METRICS_PORT = "OFFPATH_QUERY_METRICS_PORT"
 ENV_ANALYTICS = "OFFPATH_ANALYTICS"
 ENV_CATALOG = "OFFPATH_SKILLS_CATALOG"
 ENV_GRACE_S = "OFFPATH_SHUTDOWN_GRACE_S"
@@ -18,6 +19,7 @@ ENV_LOG_LEVEL = "OFFPATH_LOG_LEVEL"
 
 _DEFAULT_HOST = "127.0.0.1"
 _DEFAULT_PORT = 50051
+_DEFAULT_METRICS_PORT = 9464
 _DEFAULT_ANALYTICS = "background"
 _DEFAULT_GRACE_S = 5.0
 _DEFAULT_LOG_LEVEL = "info"
@@ -32,6 +34,7 @@ ANALYTICS_MODES = ("background", "off", "blocking")
 class QuerySettings:
     host: str
     port: int
+    metrics_port: int
     analytics: str
     catalog_path: str | None
     grace_s: float
@@ -43,6 +46,9 @@ class QuerySettings:
         return cls(
             host=env_str(env, ENV_HOST, _DEFAULT_HOST),
             port=env_int(env, ENV_PORT, _DEFAULT_PORT, minimum=0, maximum=65535),
+            metrics_port=env_int(
+                env, ENV_METRICS_PORT, _DEFAULT_METRICS_PORT, minimum=0, maximum=65535
+            ),
             analytics=env_choice(env, ENV_ANALYTICS, _DEFAULT_ANALYTICS, ANALYTICS_MODES),
             catalog_path=env_optional_str(env, ENV_CATALOG),
             grace_s=env_float(env, ENV_GRACE_S, _DEFAULT_GRACE_S, minimum=0, maximum=300),

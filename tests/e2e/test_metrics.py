@@ -1,0 +1,44 @@
+"""Prometheus metrics: background work made visible, on its own port."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+
+from offpath.client import OffpathClient
+from offpath.kit.devstack import DevStack
+
+
+def _scrape(stack: DevStack, name: str) -> dict[str, float]:
+    port = stack.children[name].metrics_port
+    assert port is not None, f"{name} logged no metrics_started"
+    with urllib.request.urlopen(f"http://{stack.host}:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        match = re.match(r"^(offpath_[a-z_]+(?:\{[^}]*\})?) ([0-9.e+-]+)$", line)
+        if match:
+            values[match.group(1)] = float(match.group(2))
+    return values
+
+
+def test_emitter_and_consumer_counters_follow_the_traffic(
+    stack: DevStack, client: OffpathClient
+) -> None:
+    """After queries are answered and stored, QueryService's metrics count the events
+    enqueued and sent, and AnalyticsIngest's count the events written."""
+    before_query = _scrape(stack, "query")
+    before_ingest = _scrape(stack, "ingest")
+    ids = [client.query(f"helm {i}").event_id for i in range(4)]
+    for event_id in ids:
+        client.wait_for_event(event_id, timeout=5)
+    query = _scrape(stack, "query")
+    ingest = _scrape(stack, "ingest")
+    enqueued = "offpath_emitter_events_enqueued_total"
+    sent = "offpath_emitter_events_sent_total"
+    written = "offpath_ingest_events_written_total"
+    assert query[enqueued] - before_query.get(enqueued, 0) >= 4
+    assert query[sent] - before_query.get(sent, 0) >= 4
+    assert query["offpath_emitter_sqs_requests_total"] >= 1
+    assert ingest[written] - before_ingest.get(written, 0) >= 4
+    assert ingest["offpath_ingest_messages_deleted_total"] >= 1
