@@ -269,6 +269,8 @@ def _banner(stack: DevStack) -> str:
         f'  .venv/bin/offpath query "kubernetes"\n'
         f"  .tools/node_modules/.bin/buf curl --protocol grpc --http2-prior-knowledge "
         f'-d \'{{"query":"kubernetes"}}\' http://{q}/offpath.v1.QueryService/Query\n'
+        f"  metrics: http://{stack.host}:{stack.children['query'].metrics_port}/metrics, "
+        f"http://{stack.host}:{stack.children['ingest'].metrics_port}/metrics\n"
         "Ctrl-C stops everything.\n"
     )
 
