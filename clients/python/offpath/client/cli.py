@@ -4,11 +4,15 @@
     offpath event EVENT_ID [--wait 5]   print a stored event (JSON)
     offpath events [--since 1h]         list recent events
     offpath summary [--since 24h]       totals over a time range
+    offpath dlq list [--limit 10]       dead-lettered messages and why (AWS, not gRPC)
+    offpath dlq redrive [--limit N]     send dead-lettered messages back to the queue
 
 Targets default to the local ports and can be set with
 ``OFFPATH_QUERY_TARGET`` / ``OFFPATH_INGEST_TARGET`` or ``--query-target`` /
-``--ingest-target``. Exit codes: 0 ok, 1 the server answered with an error,
-2 usage.
+``--ingest-target``. The ``dlq`` commands talk to SQS directly, configured by
+the standard AWS variables and ``OFFPATH_SQS_QUEUE_NAME`` /
+``OFFPATH_SQS_DLQ_NAME``. Exit codes: 0 ok, 1 the server (or AWS) answered
+with an error, 2 usage or configuration.
 """
 
 from __future__ import annotations
@@ -21,9 +25,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import grpc
+from botocore.exceptions import BotoCoreError, ClientError
 from google.protobuf import json_format
 
 from offpath.client.client import DEFAULT_INGEST_TARGET, DEFAULT_QUERY_TARGET, OffpathClient
+from offpath.client.dlq import DeadLetterQueue
+from offpath.kit.aws import ResourceNames
+from offpath.kit.settings import SettingsError
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -75,7 +83,34 @@ def _parser() -> argparse.ArgumentParser:
 
     summary = commands.add_parser("summary", help="totals over a time range")
     summary.add_argument("--since", type=_duration, default=timedelta(hours=24))
+
+    dlq = commands.add_parser("dlq", help="the dead-letter queue (talks to SQS directly)")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
+    dlq_list = dlq_commands.add_parser("list", help="show dead-lettered messages, leave them")
+    dlq_list.add_argument("--limit", type=int, default=10)
+    dlq_redrive = dlq_commands.add_parser("redrive", help="move messages back to the queue")
+    dlq_redrive.add_argument("--limit", type=int, default=None, help="default: all")
     return parser
+
+
+def run_dlq(args: argparse.Namespace) -> None:
+    queue = DeadLetterQueue.from_names(ResourceNames.from_env(os.environ))
+    if args.dlq_command == "list":
+        letters = queue.peek(args.limit)
+        for letter in letters:
+            when = letter.sent_at.isoformat(timespec="seconds") if letter.sent_at else "?"
+            events = "undecodable" if letter.events is None else f"{letter.events} events"
+            print(
+                f"{when}  {letter.message_id}  {events}, {letter.body_bytes} bytes, "
+                f"received {letter.receive_count}x\n    reason: {letter.reason}"
+            )
+        print(f"{len(letters)} message(s) shown from {queue.dlq_url}")
+    else:
+        moved = 0
+        for letter in queue.redrive(args.limit):
+            moved += 1
+            print(f"moved {letter.message_id}  ({letter.reason})")
+        print(f"{moved} message(s) moved back to {queue.queue_url}")
 
 
 def _json(message: object) -> str:
@@ -126,6 +161,16 @@ def run(args: argparse.Namespace, client: OffpathClient) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    if args.command == "dlq":
+        try:
+            run_dlq(args)
+        except SettingsError as exc:
+            print(f"offpath: {exc}", file=sys.stderr)
+            sys.exit(2)
+        except (BotoCoreError, ClientError) as exc:
+            print(f"offpath: SQS: {exc}", file=sys.stderr)
+            sys.exit(1)
+        return
     with OffpathClient(args.query_target, args.ingest_target, timeout=args.timeout) as client:
         try:
             run(args, client)
