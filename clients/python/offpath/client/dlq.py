@@ -19,12 +19,16 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from offpath.kit.aws import ResourceNames, sqs_client
-from offpath.kit.wire import REASON_ATTRIBUTE, PoisonMessage, decode_message
+from offpath.kit.wire import (
+    REASON_ATTRIBUTE,
+    SOURCE_ID_ATTRIBUTE,
+    PoisonMessage,
+    decode_message,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
-_SOURCE_ID_ATTRIBUTE = "offpath-source-message-id"
 _PEEK_VISIBILITY_S = 30
 REDRIVEN_BY_SQS = "(moved by SQS after maxReceiveCount receives)"
 
@@ -140,7 +144,7 @@ class DeadLetterQueue:
                 attributes = {
                     name: value
                     for name, value in message.get("MessageAttributes", {}).items()
-                    if name not in (REASON_ATTRIBUTE, _SOURCE_ID_ATTRIBUTE)
+                    if name not in (REASON_ATTRIBUTE, SOURCE_ID_ATTRIBUTE)
                 }
                 request: dict[str, Any] = {
                     "QueueUrl": self.queue_url,

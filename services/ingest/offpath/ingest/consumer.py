@@ -31,6 +31,7 @@ from offpath.kit.ids import is_uuid, new_id
 from offpath.kit.wire import (
     MESSAGE_ATTRIBUTES,
     REASON_ATTRIBUTE,
+    SOURCE_ID_ATTRIBUTE,
     PoisonMessage,
     decode_message,
     encode_batch,
@@ -44,7 +45,6 @@ log = structlog.get_logger("offpath.ingest.consumer")
 
 _MAX_MESSAGES = 10
 _MAX_REASON_CHARS = 1000
-_SOURCE_ID_ATTRIBUTE = "offpath-source-message-id"
 # SQS allows 10 message attributes; keep room for ours.
 _MAX_KEPT_ATTRIBUTES = 8
 _BACKOFF_BASE_S = 0.5
@@ -193,7 +193,7 @@ class Consumer:
             for name, value in list(message.get("MessageAttributes", {}).items())[
                 :_MAX_KEPT_ATTRIBUTES
             ]
-            if name not in (REASON_ATTRIBUTE, _SOURCE_ID_ATTRIBUTE)
+            if name not in (REASON_ATTRIBUTE, SOURCE_ID_ATTRIBUTE)
         }
         body = message.get("Body", "") or "(empty body)"
         ok = self._send_dead_letter(body, attributes, reason, message["MessageId"])
@@ -235,7 +235,7 @@ class Consumer:
             "MessageAttributes": {
                 **attributes,
                 REASON_ATTRIBUTE: {"DataType": "String", "StringValue": reason[:_MAX_REASON_CHARS]},
-                _SOURCE_ID_ATTRIBUTE: {"DataType": "String", "StringValue": source_id},
+                SOURCE_ID_ATTRIBUTE: {"DataType": "String", "StringValue": source_id},
             },
         }
         if self._fifo_dlq:

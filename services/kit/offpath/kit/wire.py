@@ -20,7 +20,9 @@ SCHEMA_ATTRIBUTE = "offpath-schema"
 VERSION_ATTRIBUTE = "offpath-schema-version"
 SCHEMA_NAME = "offpath.v1.AnalyticsBatch"
 SCHEMA_VERSION = "1"
+# Set on dead-lettered messages: why, and which message they came from.
 REASON_ATTRIBUTE = "offpath-dlq-reason"
+SOURCE_ID_ATTRIBUTE = "offpath-source-message-id"
 
 MESSAGE_ATTRIBUTES: dict[str, Any] = {
     SCHEMA_ATTRIBUTE: {"DataType": "String", "StringValue": SCHEMA_NAME},
