@@ -42,7 +42,8 @@ gen:
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
 
-run: install
+# buf too, so the `buf curl` commands the banner prints work at once.
+run: install $(BUF)
 	exec $(PY) -m offpath.kit.devstack
 
 # Side-by-side latency benchmark on loopback (about 4 minutes at the defaults);
