@@ -213,10 +213,13 @@ class DevStack:
         )
         child.pump_thread.start()
         if not child.ready.wait(self._timeout) or child.port is None:
-            raise StartError(
-                f"{name} did not start within {self._timeout:.0f}s"
-                f" (exit code {process.poll()}); its last output:\n" + "\n".join(child.tail)
+            code = process.poll()
+            what = (
+                f"exited with code {code} while starting"
+                if code is not None
+                else f"did not start within {self._timeout:.0f}s"
             )
+            raise StartError(f"{name} {what}; its last output:\n" + "\n".join(child.tail))
         return child
 
     def stop_child(self, name: str, timeout_s: float = 30.0) -> int | None:
