@@ -88,6 +88,10 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             return response
         except grpc.aio.AbortError:
             raise
+        except asyncio.CancelledError:
+            # The client went away (or its deadline passed): record that.
+            status = grpc.StatusCode.CANCELLED
+            raise
         except Exception:
             status = grpc.StatusCode.INTERNAL
             log.exception("query_failed", event_id=event_id)
