@@ -48,6 +48,16 @@ def _consume_all(consumer: Consumer) -> None:
         pass
 
 
+def _consumer(resources: Resources, store: EventStore) -> Consumer:
+    return Consumer(
+        sqs_client(),
+        store,
+        queue_url=resources.queue_url,
+        dlq_url=resources.dlq_url,
+        wait_seconds=0,
+    )
+
+
 def _store(resources: Resources) -> EventStore:
     return EventStore(dynamodb_client(), resources.table, shards=4)
 
@@ -59,13 +69,7 @@ def test_events_are_written_and_messages_deleted(
     events = [_event(time.time_ns() - i * _NS) for i in range(30)]
     _send(names, events)
     store = _store(resources)
-    consumer = Consumer(
-        sqs_client(),
-        store,
-        queue_url=resources.queue_url,
-        dlq_url=resources.dlq_url,
-        wait_seconds=0,
-    )
+    consumer = _consumer(resources, store)
     _consume_all(consumer)
     for event in events:
         stored = store.get(event.event_id)
@@ -97,9 +101,7 @@ def test_poison_goes_to_dlq_with_reason_and_does_not_block(
     good = _event(time.time_ns())
     _send(names, [good])
     store = _store(resources)
-    consumer = Consumer(
-        sqs, store, queue_url=resources.queue_url, dlq_url=resources.dlq_url, wait_seconds=0
-    )
+    consumer = _consumer(resources, store)
     _consume_all(consumer)
     assert store.get(good.event_id) is not None
     dead = sqs.receive_message(
@@ -118,13 +120,7 @@ def test_redelivered_events_are_not_duplicated(resources: Resources, names: Reso
     _send(names, events)
     _send(names, events)
     store = _store(resources)
-    consumer = Consumer(
-        sqs_client(),
-        store,
-        queue_url=resources.queue_url,
-        dlq_url=resources.dlq_url,
-        wait_seconds=0,
-    )
+    consumer = _consumer(resources, store)
     _consume_all(consumer)
     page, cursor = store.list(base - _NS, base + _NS, page_size=100)
     assert [s.event.event_id for s in page] == [e.event_id for e in events]

@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 
 from offpath.v1 import analytics_pb2
 
-_NS_PER_S = 1_000_000_000
-
 
 @dataclass(frozen=True, slots=True)
 class EventRecord:
@@ -42,12 +40,8 @@ class EventRecord:
             status_code=self.status_code,
             producer_id=producer_id,
         )
-        seconds, nanos = divmod(self.occurred_at_ns, _NS_PER_S)
-        event.occurred_at.seconds = seconds
-        event.occurred_at.nanos = nanos
-        seconds, nanos = divmod(self.processing_ns, _NS_PER_S)
-        event.processing_time.seconds = seconds
-        event.processing_time.nanos = nanos
+        event.occurred_at.FromNanoseconds(self.occurred_at_ns)
+        event.processing_time.FromNanoseconds(self.processing_ns)
         for name, score in self.matched_skills:
             event.matched_skills.add(name=name, score=score)
         if self.attributes:

@@ -38,24 +38,14 @@ class BadRequest(ValueError):
     """Client error, reported as INVALID_ARGUMENT."""
 
 
-def _ts_ns(ts: timestamp_pb2.Timestamp) -> int:
-    return ts.seconds * _NS_PER_S + ts.nanos
-
-
-def _timestamp(ns: int) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(ns)
-    return ts
-
-
 def resolve_range(
     start: timestamp_pb2.Timestamp | None,
     end: timestamp_pb2.Timestamp | None,
     now_ns: int,
 ) -> tuple[int, int]:
     """[start, end) in ns: end defaults to now, start to end minus 24 hours."""
-    end_ns = _ts_ns(end) if end is not None else now_ns
-    start_ns = _ts_ns(start) if start is not None else end_ns - _DEFAULT_RANGE_NS
+    end_ns = end.ToNanoseconds() if end is not None else now_ns
+    start_ns = start.ToNanoseconds() if start is not None else end_ns - _DEFAULT_RANGE_NS
     if start_ns >= end_ns:
         raise BadRequest("start_time must be before end_time")
     if end_ns - start_ns > _MAX_RANGE_NS:
@@ -116,11 +106,9 @@ class IngestServicer(ingest_pb2_grpc.AnalyticsIngestServicer):
                 f"event {event_id} is not stored (yet): events appear within seconds of the reply",
             )
         assert stored is not None
-        return ingest_pb2.GetEventResponse(
-            event=stored.event,
-            ingested_at=_timestamp(stored.ingested_at_ns),
-            batch_id=stored.batch_id,
-        )
+        response = ingest_pb2.GetEventResponse(event=stored.event, batch_id=stored.batch_id)
+        response.ingested_at.FromNanoseconds(stored.ingested_at_ns)
+        return response
 
     async def ListEvents(
         self,
@@ -138,8 +126,9 @@ class IngestServicer(ingest_pb2_grpc.AnalyticsIngestServicer):
             if request.page_token:
                 start_ns, end_ns, token_newest, cursor = decode_token(request.page_token)
                 given = (
-                    request.HasField("start_time") and _ts_ns(request.start_time) != start_ns
-                ) or (request.HasField("end_time") and _ts_ns(request.end_time) != end_ns)
+                    request.HasField("start_time")
+                    and request.start_time.ToNanoseconds() != start_ns
+                ) or (request.HasField("end_time") and request.end_time.ToNanoseconds() != end_ns)
                 if given or token_newest != newest_first:
                     raise BadRequest("page_token belongs to a request with other fields")
             else:

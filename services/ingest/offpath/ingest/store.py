@@ -43,11 +43,6 @@ class WriteError(RuntimeError):
     """Items could not be written; the caller must not acknowledge them."""
 
 
-def timestamp_ns(ts: Any) -> int:
-    """Nanoseconds since the epoch of a protobuf Timestamp."""
-    return int(ts.seconds) * _NS_PER_S + int(ts.nanos)
-
-
 def iso_ns(ns: int) -> str:
     """Fixed-width UTC ISO 8601 with nanoseconds: sorts as text in time order."""
     seconds, nanos = divmod(ns, _NS_PER_S)
@@ -109,7 +104,7 @@ class EventStore:
         ingested_ns: int,
     ) -> dict[str, Any]:
         """The DynamoDB item for one validated event."""
-        occurred = timestamp_ns(event.occurred_at)
+        occurred = event.occurred_at.ToNanoseconds()
         processing_ms = (
             event.processing_time.seconds * 1000 + event.processing_time.nanos / 1_000_000
         )
