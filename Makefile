@@ -21,12 +21,15 @@ help:
 	@echo "make clean  remove the environment, tools and generated code"
 
 # The environment: dependencies from the lock, generated code, then the project
-# itself in editable mode (after gen, so offpath.v1 is importable).
-$(VENV)/.installed: requirements.lock pyproject.toml
+# (the services and the client) and its development tools (tools/, never
+# installed in production), both editable (after gen, so offpath.v1 is
+# importable).
+$(VENV)/.installed: requirements.lock pyproject.toml tools/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	PYTHON=$(PY) scripts/gen_protos.sh
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+	  -e . -e tools
 	touch $@ gen/.stamp
 
 gen/.stamp: $(VENV)/.installed $(PROTOS) scripts/gen_protos.sh
@@ -44,7 +47,7 @@ $(BUF):
 
 # buf too, so the `buf curl` commands the banner prints work at once.
 run: install $(BUF)
-	exec $(PY) -m offpath.kit.devstack
+	exec $(PY) -m offpath.dev.stack
 
 # Side-by-side latency benchmark on loopback (about 4 minutes at the defaults);
 # results in bench-results/. Extra options: make bench BENCH_ARGS="--rate 100".
@@ -52,12 +55,12 @@ bench: install
 	$(PY) -m offpath.bench $(BENCH_ARGS)
 
 bootstrap: install
-	$(PY) -m offpath.kit.bootstrap
+	$(PY) -m offpath.dev.bootstrap
 
 lint: install $(BUF)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy services clients tests
+	$(VENV)/bin/mypy services clients tools tests
 	$(BUF) lint protos
 
 fmt: install
@@ -83,8 +86,9 @@ e2e: install $(BUF)
 lock:
 	rm -rf .lock-venv
 	$(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/pip install --quiet --disable-pip-version-check ".[dev]"
-	.lock-venv/bin/pip freeze --all --exclude pip --exclude offpath | sed '/^-e /d' > requirements.lock
+	.lock-venv/bin/pip install --quiet --disable-pip-version-check ".[dev]" ./tools
+	.lock-venv/bin/pip freeze --all --exclude pip --exclude offpath --exclude offpath-tools \
+	  | sed '/^-e /d' > requirements.lock
 	rm -rf .lock-venv
 
 clean:

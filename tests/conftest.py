@@ -4,6 +4,9 @@ on a free port) and fresh, uniquely named resources for each test.
 Integration and end-to-end tests talk HTTP to that endpoint; nothing here
 patches boto3. Each test gets its own queue, DLQ and table, so state never
 leaks between tests and queues stay small (moto's SQS slows as they grow).
+
+Every test is marked by its folder (``unit``, ``integration`` or ``e2e``), so
+``make unit``, ``make integration`` and ``make e2e`` select by marker.
 """
 
 from __future__ import annotations
@@ -15,9 +18,21 @@ from pathlib import Path
 
 import pytest
 
-from offpath.kit.aws import ResourceNames
-from offpath.kit.bootstrap import Resources, bootstrap
-from offpath.kit.devstack import DevStack
+from offpath.dev.bootstrap import ResourceNames, Resources, bootstrap
+from offpath.dev.stack import DevStack
+from offpath.kit.sqs import QueueNames
+
+_KINDS = ("unit", "integration", "e2e")
+_TESTS = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with the kind its folder says (tests/<kind>/...)."""
+    for item in items:
+        kind = item.path.relative_to(_TESTS).parts[0]
+        if kind not in _KINDS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in tests/{{{','.join(_KINDS)}}}/")
+        item.add_marker(kind)
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +53,7 @@ def local_aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
 
 def unique_names(prefix: str = "t") -> ResourceNames:
     tag = f"{prefix}-{uuid.uuid4().hex[:12]}"
-    return ResourceNames(queue=f"{tag}.fifo", dlq=f"{tag}-dlq.fifo", table=tag)
+    return ResourceNames(queues=QueueNames(queue=f"{tag}.fifo", dlq=f"{tag}-dlq.fifo"), table=tag)
 
 
 @pytest.fixture
@@ -51,7 +66,7 @@ def resources(local_aws: DevStack) -> Resources:
 def names(resources: Resources) -> ResourceNames:
     queue = resources.queue_url.rsplit("/", 1)[-1]
     dlq = resources.dlq_url.rsplit("/", 1)[-1]
-    return ResourceNames(queue=queue, dlq=dlq, table=resources.table)
+    return ResourceNames(queues=QueueNames(queue=queue, dlq=dlq), table=resources.table)
 
 
 @pytest.fixture

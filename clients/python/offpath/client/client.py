@@ -9,10 +9,11 @@ from datetime import datetime
 import grpc
 from google.protobuf import timestamp_pb2
 
+from offpath.kit import defaults
 from offpath.v1 import analytics_pb2, ingest_pb2, ingest_pb2_grpc, query_pb2, query_pb2_grpc
 
-DEFAULT_QUERY_TARGET = "127.0.0.1:50051"
-DEFAULT_INGEST_TARGET = "127.0.0.1:50052"
+DEFAULT_QUERY_TARGET = defaults.QUERY_TARGET
+DEFAULT_INGEST_TARGET = defaults.INGEST_TARGET
 
 
 def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:

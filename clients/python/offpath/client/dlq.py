@@ -16,18 +16,57 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, Unpack
 
-from offpath.kit.aws import ResourceNames, sqs_client
-from offpath.kit.wire import (
+from offpath.kit.aws import sqs_client
+from offpath.kit.sqs import (
     REASON_ATTRIBUTE,
-    SOURCE_ID_ATTRIBUTE,
     PoisonMessage,
+    QueueNames,
+    QueueUrlClient,
     decode_message,
+    fifo_fields,
+    queue_url,
+    without_dead_letter_attributes,
 )
 
 if TYPE_CHECKING:
-    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import (
+        ChangeMessageVisibilityBatchRequestTypeDef,
+        ChangeMessageVisibilityBatchResultTypeDef,
+        ChangeMessageVisibilityRequestTypeDef,
+        DeleteMessageRequestTypeDef,
+        EmptyResponseMetadataTypeDef,
+        ReceiveMessageRequestTypeDef,
+        ReceiveMessageResultTypeDef,
+        SendMessageRequestTypeDef,
+        SendMessageResultTypeDef,
+    )
+
+
+class DlqClient(QueueUrlClient, Protocol):
+    """The SQS calls the DLQ tool makes (boto3's SQS client has them)."""
+
+    def receive_message(
+        self, **kwargs: Unpack[ReceiveMessageRequestTypeDef]
+    ) -> ReceiveMessageResultTypeDef: ...
+
+    def send_message(
+        self, **kwargs: Unpack[SendMessageRequestTypeDef]
+    ) -> SendMessageResultTypeDef: ...
+
+    def delete_message(
+        self, **kwargs: Unpack[DeleteMessageRequestTypeDef]
+    ) -> EmptyResponseMetadataTypeDef: ...
+
+    def change_message_visibility(
+        self, **kwargs: Unpack[ChangeMessageVisibilityRequestTypeDef]
+    ) -> EmptyResponseMetadataTypeDef: ...
+
+    def change_message_visibility_batch(
+        self, **kwargs: Unpack[ChangeMessageVisibilityBatchRequestTypeDef]
+    ) -> ChangeMessageVisibilityBatchResultTypeDef: ...
+
 
 _PEEK_VISIBILITY_S = 30
 REDRIVEN_BY_SQS = "(moved by SQS after maxReceiveCount receives)"
@@ -73,18 +112,18 @@ def _describe(message: dict[str, Any]) -> DeadLetter:
 class DeadLetterQueue:
     """The DLQ and the queue it belongs to, by URL."""
 
-    def __init__(self, sqs: SQSClient, *, dlq_url: str, queue_url: str) -> None:
+    def __init__(self, sqs: DlqClient, *, dlq_url: str, queue_url: str) -> None:
         self._sqs = sqs
         self.dlq_url = dlq_url
         self.queue_url = queue_url
 
     @classmethod
-    def from_names(cls, names: ResourceNames, sqs: SQSClient | None = None) -> DeadLetterQueue:
+    def from_names(cls, names: QueueNames, sqs: DlqClient | None = None) -> DeadLetterQueue:
         client = sqs or sqs_client()
         return cls(
             client,
-            dlq_url=client.get_queue_url(QueueName=names.dlq)["QueueUrl"],
-            queue_url=client.get_queue_url(QueueName=names.queue)["QueueUrl"],
+            dlq_url=queue_url(client, names.dlq),
+            queue_url=queue_url(client, names.queue),
         )
 
     def _receive(self, visibility_s: int) -> list[dict[str, Any]]:
@@ -127,7 +166,6 @@ class DeadLetterQueue:
         """Send messages back to the analytics queue, deleting each from the
         DLQ after its send succeeded; yields what was moved."""
         moved = 0
-        fifo = self.queue_url.endswith(".fifo")
         while limit is None or moved < limit:
             messages = self._receive(_PEEK_VISIBILITY_S)
             if not messages:
@@ -141,21 +179,18 @@ class DeadLetterQueue:
                         VisibilityTimeout=0,
                     )
                     continue
-                attributes = {
-                    name: value
-                    for name, value in message.get("MessageAttributes", {}).items()
-                    if name not in (REASON_ATTRIBUTE, SOURCE_ID_ATTRIBUTE)
-                }
-                request: dict[str, Any] = {
-                    "QueueUrl": self.queue_url,
-                    "MessageBody": message["Body"],
-                    "MessageAttributes": attributes,
-                }
-                if fifo:
-                    group = message.get("Attributes", {}).get("MessageGroupId") or "redrive"
-                    request["MessageGroupId"] = group
-                    request["MessageDeduplicationId"] = f"redrive-{message['MessageId']}"[:128]
-                self._sqs.send_message(**request)
+                self._sqs.send_message(
+                    QueueUrl=self.queue_url,
+                    MessageBody=message["Body"],
+                    MessageAttributes=without_dead_letter_attributes(
+                        message.get("MessageAttributes", {})
+                    ),
+                    **fifo_fields(
+                        self.queue_url,
+                        group_id=message.get("Attributes", {}).get("MessageGroupId") or "redrive",
+                        dedup_id=f"redrive-{message['MessageId']}",
+                    ),
+                )
                 self._sqs.delete_message(
                     QueueUrl=self.dlq_url, ReceiptHandle=message["ReceiptHandle"]
                 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from offpath.emitter.batcher import Emitter
+from offpath.emitter.emitter import Emitter
 from offpath.kit.metrics import Sample
 
 

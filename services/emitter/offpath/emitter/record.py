@@ -1,6 +1,6 @@
 """What a handler hands to ``emit``: plain Python data, cheap to build.
 
-The protobuf ``AnalyticsEvent`` is made from it later, on the worker thread,
+The protobuf ``AnalyticsEvent`` is made from it later, on the sender thread,
 so the request path pays for a small object and a deque append only.
 """
 

@@ -9,8 +9,8 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from offpath.kit.aws import ResourceNames
 from offpath.kit.settings import SettingsError, env_float, env_int, env_optional_str
+from offpath.kit.sqs import DEFAULT_QUEUE_NAME, ENV_QUEUE_URL, queue_name_from_env
 
 ENV_LINGER_MS = "OFFPATH_EMIT_LINGER_MS"
 ENV_MAX_QUEUE = "OFFPATH_EMIT_MAX_QUEUE"
@@ -19,7 +19,6 @@ ENV_MAX_MESSAGE_BYTES = "OFFPATH_SQS_MAX_MESSAGE_BYTES"
 ENV_RETRY_DEADLINE_S = "OFFPATH_EMIT_RETRY_DEADLINE_S"
 ENV_DRAIN_TIMEOUT_S = "OFFPATH_EMIT_DRAIN_TIMEOUT_S"
 ENV_PRODUCER_ID = "OFFPATH_PRODUCER_ID"
-ENV_QUEUE_URL = "OFFPATH_SQS_QUEUE_URL"
 
 # One send a second keeps SQS calls (and their ~3.5 ms of CPU each on the
 # serving process) rare enough not to show in Query p99; freshness stays
@@ -51,7 +50,7 @@ def sanitize_producer_id(raw: str) -> str:
 class EmitterSettings:
     """How the emitter buffers, batches and sends."""
 
-    queue_name: str = "offpath-events.fifo"
+    queue_name: str = DEFAULT_QUEUE_NAME
     queue_url: str | None = None
     producer_id: str = "producer"
     linger_s: float = _DEFAULT_LINGER_MS / 1000
@@ -75,7 +74,8 @@ class EmitterSettings:
                 "does not allow, or is longer than 128"
             )
         return cls(
-            queue_name=ResourceNames.from_env(env).queue,
+            # The queue only: a producer never needs the DLQ's or the table's names.
+            queue_name=queue_name_from_env(env),
             queue_url=env_optional_str(env, ENV_QUEUE_URL),
             producer_id=producer or default_producer_id(),
             linger_s=env_int(env, ENV_LINGER_MS, _DEFAULT_LINGER_MS, minimum=1, maximum=60_000)

@@ -1,4 +1,4 @@
-"""The interface between the batcher and wherever events go."""
+"""The interface between the emitter and wherever events go."""
 
 from __future__ import annotations
 
@@ -28,15 +28,20 @@ class ExportResult:
 
 
 class EventSink(Protocol):
-    """Receives batches of events on the emitter's worker thread.
+    """Receives batches of events on the emitter's sender thread, and only
+    there: a sink is never used by two threads.
 
     ``export`` may block (it runs off the event loop) but must return by
     ``deadline`` (a ``time.monotonic()`` value) give or take one backend call,
     and must account for every event in its result instead of raising.
+    ``prepare`` pays one-time set-up costs (connections, look-ups) before
+    traffic arrives; it may raise, and ``export`` must cope if it did.
     """
 
     def export(
         self, events: Sequence[analytics_pb2.AnalyticsEvent], deadline: float
     ) -> ExportResult: ...
+
+    def prepare(self) -> None: ...
 
     def close(self) -> None: ...

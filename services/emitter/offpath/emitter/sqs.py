@@ -1,7 +1,7 @@
 """The SQS sink: packs events into ``AnalyticsBatch`` messages and sends
 them with ``SendMessageBatch``.
 
-Runs on the emitter's worker thread, never on the event loop. Packing is
+Runs on the emitter's sender thread, never on the event loop. Packing is
 bounded by events per message and by bytes (per message and per call: SQS
 limits both to the same size). Transport throttling and 5xx are retried by
 botocore (``standard`` mode); this class retries what botocore cannot: the
@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol, Unpack
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
@@ -25,17 +25,41 @@ from botocore.exceptions import BotoCoreError, ClientError
 from offpath.emitter.settings import MESSAGES_PER_CALL, EmitterSettings
 from offpath.emitter.sink import ExportResult
 from offpath.kit import aws
+from offpath.kit.backoff import Backoff
 from offpath.kit.ids import new_id
-from offpath.kit.wire import MESSAGE_ATTRIBUTES, MESSAGE_ATTRIBUTES_SIZE, encode_batch, encoded_size
+from offpath.kit.sqs import (
+    MESSAGE_ATTRIBUTES,
+    MESSAGE_ATTRIBUTES_SIZE,
+    QueueUrlClient,
+    encode_batch,
+    encoded_size,
+    fifo_fields,
+    queue_url,
+)
 from offpath.v1 import analytics_pb2
 
 if TYPE_CHECKING:
-    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import (
+        SendMessageBatchRequestEntryTypeDef,
+        SendMessageBatchRequestTypeDef,
+        SendMessageBatchResultTypeDef,
+    )
 
 log = structlog.get_logger("offpath.emitter.sqs")
 
-_BACKOFF_BASE_S = 0.2
+# The first retry waits up to 0.4 s, doubling to at most 5 s.
+_BACKOFF_BASE_S = 0.4
 _BACKOFF_CAP_S = 5.0
+
+
+class SqsSendClient(QueueUrlClient, Protocol):
+    """The SQS calls a producer makes (boto3's SQS client has them)."""
+
+    def send_message_batch(
+        self, **kwargs: Unpack[SendMessageBatchRequestTypeDef]
+    ) -> SendMessageBatchResultTypeDef: ...
+
+    def close(self) -> None: ...
 
 
 def _varint_len(n: int) -> int:
@@ -48,7 +72,7 @@ def _varint_len(n: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
-    entry: dict[str, Any]
+    entry: SendMessageBatchRequestEntryTypeDef
     events: int
     size: int  # bytes SQS counts: body + attributes
 
@@ -60,19 +84,18 @@ class SqsSink:
         self,
         settings: EmitterSettings,
         *,
-        client_factory: Callable[[], SQSClient] | None = None,
+        client_factory: Callable[[], SqsSendClient] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self._settings = settings
         self._client_factory = client_factory or (lambda: aws.sqs_client())
-        self._client: SQSClient | None = None
+        self._client: SqsSendClient | None = None
         self._queue_url = settings.queue_url
-        self._fifo = (settings.queue_url or settings.queue_name).endswith(".fifo")
         self._sleep = sleep
         self._clock = clock
-        self._rng = rng
+        self._backoff = Backoff(_BACKOFF_BASE_S, _BACKOFF_CAP_S, rng)
         # batch_id (field 1), producer_id (2), created_at (4), with tags and lengths.
         producer = len(settings.producer_id.encode())
         self._batch_overhead = 2 + 36 + 1 + _varint_len(producer) + producer + 2 + 12
@@ -121,14 +144,18 @@ class SqsSink:
         total = 0
         for index, batch in enumerate(batches):
             body = encode_batch(batch)
-            entry: dict[str, Any] = {
+            # The ignore: mypy's strict checks want every optional key of the
+            # entry type named in some ** item; FifoFields names only its two.
+            entry: SendMessageBatchRequestEntryTypeDef = {
                 "Id": str(index),
                 "MessageBody": body,
                 "MessageAttributes": MESSAGE_ATTRIBUTES,
+                **fifo_fields(  # type: ignore[typeddict-item]
+                    self._queue_url or self._settings.queue_name,
+                    group_id=self._settings.producer_id,
+                    dedup_id=batch.batch_id,
+                ),
             }
-            if self._fifo:
-                entry["MessageGroupId"] = self._settings.producer_id
-                entry["MessageDeduplicationId"] = batch.batch_id
             item = _Entry(entry, len(batch.events), len(body) + MESSAGE_ATTRIBUTES_SIZE)
             if current and (
                 len(current) >= MESSAGES_PER_CALL
@@ -173,8 +200,7 @@ class SqsSink:
                 url = self._queue_url or self._resolve(client)
                 result.requests += 1
                 response = client.send_message_batch(
-                    QueueUrl=url,
-                    Entries=[item.entry for item in pending.values()],  # type: ignore[misc]
+                    QueueUrl=url, Entries=[item.entry for item in pending.values()]
                 )
             except (BotoCoreError, ClientError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
@@ -203,7 +229,7 @@ class SqsSink:
             if not pending:
                 return result
             attempt += 1
-            delay = self._rng() * min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**attempt)
+            delay = self._backoff.delay(attempt)
             events = sum(item.events for item in pending.values())
             if self._clock() + delay > deadline:
                 result.dropped["send_failed"] += events
@@ -228,14 +254,13 @@ class SqsSink:
         if self._queue_url is None:
             self._resolve(client)
 
-    def _connect(self) -> SQSClient:
+    def _connect(self) -> SqsSendClient:
         self._client = self._client_factory()
         return self._client
 
-    def _resolve(self, client: SQSClient) -> str:
-        url = client.get_queue_url(QueueName=self._settings.queue_name)["QueueUrl"]
-        self._queue_url = url
-        return url
+    def _resolve(self, client: SqsSendClient) -> str:
+        self._queue_url = queue_url(client, self._settings.queue_name)
+        return self._queue_url
 
     def close(self) -> None:
         client, self._client = self._client, None
@@ -243,4 +268,4 @@ class SqsSink:
             client.close()
 
 
-__all__ = ["SqsSink"]
+__all__ = ["SqsSendClient", "SqsSink"]

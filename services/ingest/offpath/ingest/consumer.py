@@ -11,7 +11,9 @@ When writing fails, nothing of the good messages is deleted: SQS redelivers
 them, and after ``maxReceiveCount`` receives its redrive policy moves them
 to the DLQ.
 
-Runs on its own thread (boto3 is synchronous); ``stop`` ends it between polls.
+Runs on its own thread (boto3 is synchronous): :meth:`Consumer.run` looks
+the queues up (retrying while the endpoint is not there yet), then polls
+until ``stop`` is set, backing off after errors.
 """
 
 from __future__ import annotations
@@ -19,36 +21,72 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, Unpack
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from offpath.ingest.store import EventStore, WriteError
+from offpath.kit.backoff import Backoff
 from offpath.kit.ids import is_uuid, new_id
-from offpath.kit.wire import (
+from offpath.kit.sqs import (
+    MAX_REASON_CHARS,
     MESSAGE_ATTRIBUTES,
-    REASON_ATTRIBUTE,
-    SOURCE_ID_ATTRIBUTE,
     PoisonMessage,
+    QueueNames,
+    QueueUrlClient,
+    dead_letter_message,
     decode_message,
     encode_batch,
+    queue_url,
 )
 from offpath.v1 import analytics_pb2
 
 if TYPE_CHECKING:
-    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import (
+        DeleteMessageBatchRequestTypeDef,
+        DeleteMessageBatchResultTypeDef,
+        ReceiveMessageRequestTypeDef,
+        ReceiveMessageResultTypeDef,
+        SendMessageRequestTypeDef,
+        SendMessageResultTypeDef,
+    )
 
 log = structlog.get_logger("offpath.ingest.consumer")
 
 _MAX_MESSAGES = 10
-_MAX_REASON_CHARS = 1000
-# SQS allows 10 message attributes; keep room for ours.
-_MAX_KEPT_ATTRIBUTES = 8
-_BACKOFF_BASE_S = 0.5
-_BACKOFF_CAP_S = 20.0
+# After a failed poll: up to 1 s, doubling to 20 s. After a failed queue
+# look-up (the endpoint not up yet): up to 0.5 s, doubling to 30 s.
+_POLL_BACKOFF = (1.0, 20.0)
+_LOOKUP_BACKOFF = (0.5, 30.0)
+
+
+class SqsConsumeClient(QueueUrlClient, Protocol):
+    """The SQS calls the consumer makes (boto3's SQS client has them)."""
+
+    def receive_message(
+        self, **kwargs: Unpack[ReceiveMessageRequestTypeDef]
+    ) -> ReceiveMessageResultTypeDef: ...
+
+    def send_message(
+        self, **kwargs: Unpack[SendMessageRequestTypeDef]
+    ) -> SendMessageResultTypeDef: ...
+
+    def delete_message_batch(
+        self, **kwargs: Unpack[DeleteMessageBatchRequestTypeDef]
+    ) -> DeleteMessageBatchResultTypeDef: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Queues:
+    """Where the consumer reads and where it dead-letters: names, and URLs
+    when configured (``OFFPATH_SQS_QUEUE_URL`` / ``OFFPATH_SQS_DLQ_URL``)."""
+
+    names: QueueNames
+    queue_url: str | None = None
+    dlq_url: str | None = None
 
 
 @dataclass(slots=True)
@@ -84,26 +122,31 @@ class Consumer:
 
     def __init__(
         self,
-        sqs: SQSClient,
+        sqs: SqsConsumeClient,
         store: EventStore,
+        queues: Queues,
         *,
-        queue_url: str,
-        dlq_url: str,
         wait_seconds: int = 10,
         clock_ns: Callable[[], int] = time.time_ns,
+        rng: Callable[[], float] = random.random,
         stats: ConsumerStats | None = None,
     ) -> None:
         self._sqs = sqs
         self._store = store
-        self._queue_url = queue_url
-        self._dlq_url = dlq_url
-        self._fifo_dlq = dlq_url.endswith(".fifo")
+        self._queues = queues
+        self._queue_url = queues.queue_url
+        self._dlq_url = queues.dlq_url
         self._wait_seconds = wait_seconds
         self._clock_ns = clock_ns
+        self._poll_backoff = Backoff(*_POLL_BACKOFF, rng)
+        self._lookup_backoff = Backoff(*_LOOKUP_BACKOFF, rng)
         self.stats = stats or ConsumerStats()
 
     def run(self, stop: threading.Event) -> None:
-        """Poll until ``stop`` is set; errors back off, never end the loop."""
+        """Look the queues up, then poll until ``stop`` is set; errors back
+        off, they never end the loop."""
+        if not self.resolve(stop):
+            return
         failures = 0
         log.info("consumer_started", queue_url=self._queue_url, wait_s=self._wait_seconds)
         while not stop.is_set():
@@ -113,7 +156,7 @@ class Consumer:
             except Exception as exc:
                 failures += 1
                 self.stats.poll_errors += 1
-                delay = random.random() * min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**failures)
+                delay = self._poll_backoff.delay(failures)
                 log.error(
                     "consumer_poll_failed",
                     error=f"{type(exc).__name__}: {exc}",
@@ -123,10 +166,38 @@ class Consumer:
                 stop.wait(delay)
         log.info("consumer_stopped")
 
+    def resolve(self, stop: threading.Event) -> bool:
+        """Find both queues' URLs, retrying until found or ``stop`` is set
+        (the endpoint may start after us). False when stopped first."""
+        attempt = 0
+        while not stop.is_set():
+            try:
+                self._queue_url = queue_url(
+                    self._sqs, self._queues.names.queue, self._queues.queue_url
+                )
+                self._dlq_url = queue_url(self._sqs, self._queues.names.dlq, self._queues.dlq_url)
+                return True
+            except (BotoCoreError, ClientError) as exc:
+                attempt += 1
+                delay = self._lookup_backoff.delay(attempt)
+                log.error(
+                    "queue_lookup_failed",
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in_s=round(delay, 2),
+                )
+                stop.wait(delay)
+        return False
+
+    def _urls(self) -> tuple[str, str]:
+        if self._queue_url is None or self._dlq_url is None:
+            raise RuntimeError("queues not resolved: call resolve() (run() does) first")
+        return self._queue_url, self._dlq_url
+
     def poll_once(self) -> int:
         """One receive and its processing; returns how many messages came."""
+        queue, _ = self._urls()
         response = self._sqs.receive_message(
-            QueueUrl=self._queue_url,
+            QueueUrl=queue,
             MaxNumberOfMessages=_MAX_MESSAGES,
             WaitTimeSeconds=self._wait_seconds,
             MessageAttributeNames=["All"],
@@ -161,19 +232,18 @@ class Consumer:
                     item.invalid.append((event, problem))
             decoded.append(item)
 
-        now = self._clock_ns()
-        items = [
-            self._store.item(event, batch_id=d.batch.batch_id, ingested_ns=now)
-            for d in decoded
-            for event in d.valid
-        ]
+        events = sum(len(d.valid) for d in decoded)
         try:
-            written = self._store.write(items) if items else 0
+            written = (
+                self._store.write(
+                    ((d.batch.batch_id, d.valid) for d in decoded), ingested_ns=self._clock_ns()
+                )
+                if events
+                else 0
+            )
         except WriteError as exc:
             self.stats.write_failures += 1
-            log.error(
-                "events_write_failed", error=str(exc), messages=len(decoded), events=len(items)
-            )
+            log.error("events_write_failed", error=str(exc), messages=len(decoded), events=events)
             written = -1
         if written >= 0:
             self.stats.events_written += written
@@ -188,15 +258,12 @@ class Consumer:
     # -- dead letters --------------------------------------------------------
 
     def _dead_letter_message(self, message: dict[str, Any], reason: str) -> bool:
-        attributes = {
-            name: value
-            for name, value in list(message.get("MessageAttributes", {}).items())[
-                :_MAX_KEPT_ATTRIBUTES
-            ]
-            if name not in (REASON_ATTRIBUTE, SOURCE_ID_ATTRIBUTE)
-        }
-        body = message.get("Body", "") or "(empty body)"
-        ok = self._send_dead_letter(body, attributes, reason, message["MessageId"])
+        ok = self._send_dead_letter(
+            message.get("Body", ""),
+            message.get("MessageAttributes", {}),
+            reason,
+            message["MessageId"],
+        )
         if ok:
             log.warning("message_dead_lettered", message_id=message["MessageId"], reason=reason)
         return ok
@@ -211,7 +278,7 @@ class Consumer:
         reason = "invalid events: " + "; ".join(problem for _, problem in decoded.invalid)
         ok = self._send_dead_letter(
             encode_batch(batch),
-            dict(MESSAGE_ATTRIBUTES),
+            MESSAGE_ATTRIBUTES,
             reason,
             # Stable across redeliveries, so a FIFO DLQ keeps one copy.
             f"{decoded.message['MessageId']}-invalid",
@@ -222,27 +289,19 @@ class Consumer:
                 "events_dead_lettered",
                 message_id=decoded.message["MessageId"],
                 events=len(decoded.invalid),
-                reason=reason[:_MAX_REASON_CHARS],
+                reason=reason[:MAX_REASON_CHARS],
             )
         return ok
 
     def _send_dead_letter(
-        self, body: str, attributes: dict[str, Any], reason: str, source_id: str
+        self, body: str, attributes: Mapping[str, Any], reason: str, source_id: str
     ) -> bool:
-        entry: dict[str, Any] = {
-            "QueueUrl": self._dlq_url,
-            "MessageBody": body,
-            "MessageAttributes": {
-                **attributes,
-                REASON_ATTRIBUTE: {"DataType": "String", "StringValue": reason[:_MAX_REASON_CHARS]},
-                SOURCE_ID_ATTRIBUTE: {"DataType": "String", "StringValue": source_id},
-            },
-        }
-        if self._fifo_dlq:
-            entry["MessageGroupId"] = "offpath-dead-letters"
-            entry["MessageDeduplicationId"] = source_id[:128]
+        _, dlq = self._urls()
+        request = dead_letter_message(
+            dlq, body=body, attributes=attributes, reason=reason, source_id=source_id
+        )
         try:
-            self._sqs.send_message(**entry)
+            self._sqs.send_message(**request)
         except (BotoCoreError, ClientError) as exc:
             # Left on the queue; SQS's redrive policy is the backstop.
             log.error("dead_letter_failed", source_id=source_id, error=str(exc))
@@ -256,8 +315,9 @@ class Consumer:
         entries: list[Any] = [
             {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
         ]
+        queue, _ = self._urls()
         try:
-            response = self._sqs.delete_message_batch(QueueUrl=self._queue_url, Entries=entries)
+            response = self._sqs.delete_message_batch(QueueUrl=queue, Entries=entries)
         except (BotoCoreError, ClientError) as exc:
             # They come back after the visibility timeout; writes are idempotent.
             log.error("delete_failed", messages=len(messages), error=str(exc))

@@ -10,13 +10,12 @@ visibility timeout, so nothing is lost.
 from __future__ import annotations
 
 import asyncio
-import random
 import threading
 
 import grpc
 import structlog
 
-from offpath.ingest.consumer import Consumer, ConsumerStats
+from offpath.ingest.consumer import Consumer, Queues
 from offpath.ingest.metrics import consumer_samples
 from offpath.ingest.servicer import SERVICE_NAME, IngestServicer
 from offpath.ingest.settings import IngestSettings
@@ -29,74 +28,48 @@ from offpath.v1 import ingest_pb2_grpc
 log = structlog.get_logger("offpath.ingest")
 
 
-def _consume(
-    settings: IngestSettings, store: EventStore, stats: ConsumerStats, stop: threading.Event
-) -> None:
-    """Resolve the queues (retrying while the endpoint is not there yet), then poll."""
-    # Long polls hold a connection for wait_s; the read timeout must outlast it.
-    sqs = aws.sqs_client(aws.client_config(read_timeout=settings.wait_s + 10))
-    attempt = 0
-    while not stop.is_set():
-        try:
-            queue_url = (
-                settings.queue_url or sqs.get_queue_url(QueueName=settings.names.queue)["QueueUrl"]
-            )
-            dlq_url = (
-                settings.dlq_url or sqs.get_queue_url(QueueName=settings.names.dlq)["QueueUrl"]
-            )
-            break
-        except Exception as exc:
-            attempt += 1
-            delay = min(30.0, 0.5 * 2**attempt) * random.random()
-            log.error("queue_lookup_failed", error=str(exc), retry_in_s=round(delay, 2))
-            stop.wait(delay)
-    else:
-        return
-    Consumer(
-        sqs, store, queue_url=queue_url, dlq_url=dlq_url, wait_seconds=settings.wait_s, stats=stats
-    ).run(stop)
-
-
 async def run(settings: IngestSettings, stop_event: asyncio.Event | None = None) -> None:
     store = EventStore(
         aws.dynamodb_client(),
-        settings.names.table,
+        settings.table,
         shards=settings.time_shards,
         retention_days=settings.retention_days,
     )
+    consumer = Consumer(
+        # Long polls hold a connection for wait_s; the read timeout must outlast it.
+        aws.sqs_client(aws.client_config(read_timeout=settings.wait_s + 10)),
+        store,
+        Queues(settings.queues, settings.queue_url, settings.dlq_url),
+        wait_seconds=settings.wait_s,
+    )
     stop = threading.Event()
-    stats = ConsumerStats()
+    server = settings.server
     _, stop_metrics = serve_metrics(
-        settings.host, settings.metrics_port, lambda: consumer_samples(stats)
+        server.host, server.metrics_port, lambda: consumer_samples(consumer.stats)
     )
     # A daemon thread: a long poll in flight must not hold the process past
     # its shutdown deadline (its messages simply become visible again).
-    consumer = threading.Thread(
-        target=_consume,
-        args=(settings, store, stats, stop),
-        name="offpath-ingest-consumer",
-        daemon=True,
+    thread = threading.Thread(
+        target=consumer.run, args=(stop,), name="offpath-ingest-consumer", daemon=True
     )
 
-    def add(server: grpc.aio.Server) -> None:
-        ingest_pb2_grpc.add_AnalyticsIngestServicer_to_server(IngestServicer(store), server)
+    def add(grpc_server: grpc.aio.Server) -> None:
+        ingest_pb2_grpc.add_AnalyticsIngestServicer_to_server(IngestServicer(store), grpc_server)
 
     async def started() -> None:
-        consumer.start()
+        thread.start()
 
     async def stopped() -> None:
         stop.set()
-        await asyncio.to_thread(consumer.join, settings.grace_s)
-        if consumer.is_alive():
+        await asyncio.to_thread(thread.join, server.grace_s)
+        if thread.is_alive():
             log.warning("consumer_still_polling", detail="exiting; its messages reappear")
         stop_metrics()
 
     await serve(
+        server,
         service_names=[SERVICE_NAME],
         add_servicers=add,
-        host=settings.host,
-        port=settings.port,
-        grace_s=settings.grace_s,
         on_started=started,
         on_stopped=stopped,
         stop_event=stop_event,

@@ -1,4 +1,7 @@
-"""The DynamoDB event store.
+"""The DynamoDB event store: the table's schema, its item format, reads and
+writes. Nothing outside this module knows what an item looks like; set-up
+(``make bootstrap``, the tests) and the CloudFormation template's tests read
+the schema from here.
 
 One item per event, keyed by ``event_id``: writing the same event again
 (an SQS redelivery) overwrites it, so raw events stay exactly-once in effect.
@@ -19,21 +22,77 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, Protocol, Unpack
 
 import structlog
 
-from offpath.kit.bootstrap import TABLE_KEY, TIME_INDEX, TIME_PARTITION, TIME_SORT, TTL_ATTRIBUTE
+from offpath.kit.backoff import Backoff
 from offpath.v1 import analytics_pb2
 
 if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodb.type_defs import (
+        BatchWriteItemInputTypeDef,
+        BatchWriteItemOutputTypeDef,
+        CreateTableInputTypeDef,
+        GetItemInputTypeDef,
+        GetItemOutputTypeDef,
+        QueryInputTypeDef,
+        QueryOutputTypeDef,
+    )
 
 log = structlog.get_logger("offpath.ingest.store")
+
+# -- the schema --------------------------------------------------------------------
+# Raw events are keyed by event_id (a redelivery overwrites); the by_time
+# index reaches them by time range without a Scan: partition = UTC day +
+# write shard, sort = occurred_at then event_id. TTL on expires_at.
+TABLE_KEY: Final = "event_id"
+TIME_INDEX: Final = "by_time"
+TIME_PARTITION: Final = "bucket"
+TIME_SORT: Final = "sk"
+TTL_ATTRIBUTE: Final = "expires_at"
+
+
+def create_table_request(table: str) -> CreateTableInputTypeDef:
+    """The ``CreateTable`` request for the events table (on-demand billing)."""
+    return {
+        "TableName": table,
+        "BillingMode": "PAY_PER_REQUEST",
+        "AttributeDefinitions": [
+            {"AttributeName": TABLE_KEY, "AttributeType": "S"},
+            {"AttributeName": TIME_PARTITION, "AttributeType": "S"},
+            {"AttributeName": TIME_SORT, "AttributeType": "S"},
+        ],
+        "KeySchema": [{"AttributeName": TABLE_KEY, "KeyType": "HASH"}],
+        "GlobalSecondaryIndexes": [
+            {
+                "IndexName": TIME_INDEX,
+                "KeySchema": [
+                    {"AttributeName": TIME_PARTITION, "KeyType": "HASH"},
+                    {"AttributeName": TIME_SORT, "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+    }
+
+
+class EventTableClient(Protocol):
+    """The DynamoDB calls the store makes (boto3's DynamoDB client has them)."""
+
+    def batch_write_item(
+        self, **kwargs: Unpack[BatchWriteItemInputTypeDef]
+    ) -> BatchWriteItemOutputTypeDef: ...
+
+    def get_item(self, **kwargs: Unpack[GetItemInputTypeDef]) -> GetItemOutputTypeDef: ...
+
+    def query(self, **kwargs: Unpack[QueryInputTypeDef]) -> QueryOutputTypeDef: ...
+
 
 _NS_PER_S = 1_000_000_000
 _BATCH_WRITE_MAX = 25
 _WRITE_ATTEMPTS = 8
+# The first retry of unprocessed items waits up to 50 ms, doubling to 2 s.
 _BACKOFF_BASE_S = 0.05
 _BACKOFF_CAP_S = 2.0
 MAX_RANGE_DAYS = 31
@@ -74,7 +133,7 @@ class EventStore:
 
     def __init__(
         self,
-        client: DynamoDBClient,
+        client: EventTableClient,
         table: str,
         *,
         shards: int = 4,
@@ -87,7 +146,7 @@ class EventStore:
         self._shards = shards
         self._retention_s = retention_days * 86_400
         self._sleep = sleep
-        self._rng = rng
+        self._backoff = Backoff(_BACKOFF_BASE_S, _BACKOFF_CAP_S, rng)
 
     # -- writing -----------------------------------------------------------
 
@@ -96,7 +155,7 @@ class EventStore:
         shard = int(event_id[-4:], 16) % self._shards
         return f"{_day(occurred_ns):%Y-%m-%d}#{shard}"
 
-    def item(
+    def _item(
         self,
         event: analytics_pb2.AnalyticsEvent,
         *,
@@ -134,10 +193,22 @@ class EventStore:
             "payload": {"B": event.SerializeToString()},
         }
 
-    def write(self, items: Sequence[dict[str, Any]]) -> int:
-        """Write items (BatchWriteItem, 25 at a time), retrying unprocessed
-        ones with backoff. Duplicate keys keep the last item. Raises
-        :class:`WriteError` when something is still unwritten."""
+    def write(
+        self,
+        batches: Iterable[tuple[str, Sequence[analytics_pb2.AnalyticsEvent]]],
+        *,
+        ingested_ns: int,
+    ) -> int:
+        """Store the events of each ``(batch_id, events)`` (BatchWriteItem, 25
+        items a call), retrying unprocessed ones with backoff; returns how
+        many distinct events were written. An event id seen twice keeps its
+        last copy. Raises :class:`WriteError` when something is still
+        unwritten: the caller must then not acknowledge any of them."""
+        items = [
+            self._item(event, batch_id=batch_id, ingested_ns=ingested_ns)
+            for batch_id, events in batches
+            for event in events
+        ]
         unique = list({item[TABLE_KEY]["S"]: item for item in items}.values())
         for start in range(0, len(unique), _BATCH_WRITE_MAX):
             chunk = unique[start : start + _BATCH_WRITE_MAX]
@@ -152,7 +223,7 @@ class EventStore:
                     break
                 if attempt == _WRITE_ATTEMPTS - 1:
                     continue  # out of attempts: no point waiting before raising
-                delay = self._rng() * min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**attempt)
+                delay = self._backoff.delay(attempt + 1)
                 log.warning("ddb_unprocessed_items", items=len(requests), attempt=attempt + 1)
                 self._sleep(delay)
             else:

@@ -3,63 +3,28 @@
 Region, credentials and endpoint come from the standard variables and files
 (``AWS_REGION``, ``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_SQS``, profiles, ...),
 so the same code talks to AWS, LocalStack or the local moto endpoint. Only the
-resource names are ours (``OFFPATH_*``).
+resource names are ours (``OFFPATH_*``, read by each component's settings).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import boto3
 from botocore.config import Config
 
-from offpath.kit.settings import SettingsError, env_str
+from offpath.kit.settings import SettingsError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_sqs import SQSClient
-
-ENV_QUEUE_NAME = "OFFPATH_SQS_QUEUE_NAME"
-ENV_DLQ_NAME = "OFFPATH_SQS_DLQ_NAME"
-ENV_TABLE_NAME = "OFFPATH_DDB_TABLE"
-
-_DEFAULT_QUEUE_NAME = "offpath-events.fifo"
-_DEFAULT_DLQ_NAME = "offpath-events-dlq.fifo"
-_DEFAULT_TABLE_NAME = "offpath-events"
 
 # Transport-level throttling and 5xx are botocore's job; "standard" retries
 # with jittered backoff. Parameter validation is skipped: our own code builds
 # every request, and it is a measurable part of each call's CPU cost.
 _RETRY_MODE: Final = "standard"
 _MAX_ATTEMPTS = 3
-
-
-@dataclass(frozen=True, slots=True)
-class ResourceNames:
-    """Names of the queue, dead-letter queue and table; shared by bootstrap,
-    the emitter and AnalyticsIngest."""
-
-    queue: str = _DEFAULT_QUEUE_NAME
-    dlq: str = _DEFAULT_DLQ_NAME
-    table: str = _DEFAULT_TABLE_NAME
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> ResourceNames:
-        names = cls(
-            queue=env_str(env, ENV_QUEUE_NAME, _DEFAULT_QUEUE_NAME),
-            dlq=env_str(env, ENV_DLQ_NAME, _DEFAULT_DLQ_NAME),
-            table=env_str(env, ENV_TABLE_NAME, _DEFAULT_TABLE_NAME),
-        )
-        if names.queue.endswith(".fifo") != names.dlq.endswith(".fifo"):
-            raise SettingsError(
-                f"{ENV_QUEUE_NAME}={names.queue!r} and {ENV_DLQ_NAME}={names.dlq!r}: "
-                "a FIFO queue needs a FIFO dead-letter queue (both names end in .fifo, or neither)"
-            )
-        return names
 
 
 def client_config(

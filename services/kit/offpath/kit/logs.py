@@ -7,14 +7,14 @@ go through the same renderer so the stream stays machine-readable.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import MutableMapping
+from pathlib import Path
 from typing import Any
 
 import structlog
-
-_LEVELS = ("debug", "info", "warning", "error")
 
 
 def configure_logging(service: str, level: str = "info") -> None:
@@ -61,6 +61,20 @@ def configure_logging(service: str, level: str = "info") -> None:
     root.setLevel(max(numeric, logging.WARNING))
 
 
-def log_levels() -> tuple[str, ...]:
-    """The accepted values of a log-level setting."""
-    return _LEVELS
+def parse_line(line: str) -> dict[str, Any] | None:
+    """One log line as the record it encodes, or None when it is not one of
+    ours (a JSON object with an ``event``): a library printing plain text,
+    a torn last line."""
+    if not line.startswith("{"):
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and "event" in record else None
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """Every record in a log file, in order (lines that are not records skipped)."""
+    with path.open(encoding="utf-8") as stream:
+        return [record for line in stream if (record := parse_line(line)) is not None]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
@@ -23,7 +22,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from offpath.kit.logs import configure_logging
-from offpath.kit.settings import SettingsError, environ
+from offpath.kit.settings import ServerSettings, SettingsError, environ
+from offpath.kit.signals import stop_on_signals
 
 log = structlog.get_logger("offpath.server")
 
@@ -48,12 +48,10 @@ def server_options() -> list[tuple[str, int]]:
 
 
 async def serve(
+    settings: ServerSettings,
     *,
     service_names: Sequence[str],
     add_servicers: Callable[[grpc.aio.Server], None],
-    host: str,
-    port: int,
-    grace_s: float,
     on_started: ServerHook | None = None,
     on_stopped: ServerHook | None = None,
     stop_event: asyncio.Event | None = None,
@@ -61,9 +59,10 @@ async def serve(
     """Run a server until SIGTERM/SIGINT (or ``stop_event``), then shut down.
 
     ``service_names`` are the full names of the business services; health
-    and reflection are added here. ``port`` 0 binds a free port; the bound
-    port is logged as ``server_started`` (tests read it from there).
+    and reflection are added here. Port 0 binds a free port; the bound port
+    is logged as ``server_started`` (tests read it from there).
     """
+    host, port, grace_s = settings.host, settings.port, settings.grace_s
     server = grpc.aio.server(options=server_options())
     add_servicers(server)
     # grpc_health exposes its asyncio servicer as `health.aio`, untyped.
@@ -86,33 +85,27 @@ async def serve(
         raise StartupError(f"cannot bind gRPC port {address}")
     await server.start()
     stop = stop_event or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    received: list[str] = []
-
-    def request_stop(sig: signal.Signals) -> None:
-        received.append(sig.name)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, request_stop, sig)
     try:
-        if on_started is not None:
-            await on_started()
-        for name in ("", *service_names):
-            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info(
-            "server_started", host=host, port=bound, services=list(service_names), pid=os.getpid()
-        )
-        await stop.wait()
-        log.info("shutdown_started", signal=received[0] if received else None, grace_s=grace_s)
-        await health.enter_graceful_shutdown()
-        await server.stop(grace_s)
-        log.info("server_stopped")
-        if on_stopped is not None:
-            await on_stopped()
+        with stop_on_signals(stop) as received:
+            if on_started is not None:
+                await on_started()
+            for name in ("", *service_names):
+                await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            log.info(
+                "server_started",
+                host=host,
+                port=bound,
+                services=list(service_names),
+                pid=os.getpid(),
+            )
+            await stop.wait()
+            log.info("shutdown_started", signal=received[0] if received else None, grace_s=grace_s)
+            await health.enter_graceful_shutdown()
+            await server.stop(grace_s)
+            log.info("server_stopped")
+            if on_stopped is not None:
+                await on_stopped()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
         # Idempotent; covers the error paths above.
         await server.stop(None)
     log.info("shutdown_complete")

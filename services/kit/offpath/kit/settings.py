@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
 
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
+ENV_SHUTDOWN_GRACE_S: Final = "OFFPATH_SHUTDOWN_GRACE_S"
+ENV_LOG_LEVEL: Final = "OFFPATH_LOG_LEVEL"
+
+_DEFAULT_SHUTDOWN_GRACE_S = 5.0
+_DEFAULT_LOG_LEVEL = "info"
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
 
 class SettingsError(ValueError):
@@ -79,19 +85,6 @@ def env_float(
     return number
 
 
-def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    """true/false, 1/0, yes/no, on/off; ``default`` when unset."""
-    value = _raw(env, name)
-    if value is None:
-        return default
-    lowered = value.lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise SettingsError(f"{name}={value!r} is not a boolean (use true or false)")
-
-
 def env_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
     """One of ``choices`` (case-insensitive); ``default`` when unset."""
     value = _raw(env, name)
@@ -119,3 +112,40 @@ def _check_range(
 def environ() -> Mapping[str, str]:
     """The process environment, as a read-only mapping."""
     return os.environ
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """What every offpath gRPC service is configured with: where it listens
+    (gRPC and Prometheus), how long in-flight RPCs get at shutdown, and how
+    much it logs. Each service names its own host and port variables."""
+
+    host: str
+    port: int
+    metrics_port: int
+    grace_s: float = _DEFAULT_SHUTDOWN_GRACE_S
+    log_level: str = _DEFAULT_LOG_LEVEL
+
+    @classmethod
+    def from_env(
+        cls,
+        env: Mapping[str, str],
+        *,
+        host_var: str,
+        port_var: str,
+        metrics_port_var: str,
+        default_host: str,
+        default_port: int,
+        default_metrics_port: int,
+    ) -> ServerSettings:
+        return cls(
+            host=env_str(env, host_var, default_host),
+            port=env_int(env, port_var, default_port, minimum=0, maximum=65535),
+            metrics_port=env_int(
+                env, metrics_port_var, default_metrics_port, minimum=0, maximum=65535
+            ),
+            grace_s=env_float(
+                env, ENV_SHUTDOWN_GRACE_S, _DEFAULT_SHUTDOWN_GRACE_S, minimum=0, maximum=300
+            ),
+            log_level=env_choice(env, ENV_LOG_LEVEL, _DEFAULT_LOG_LEVEL, LOG_LEVELS),
+        )

@@ -12,9 +12,10 @@ from offpath.emitter.metrics import emitter_samples
 from offpath.kit import aws
 from offpath.kit.metrics import serve_metrics
 from offpath.kit.server import StartupError, run_service, serve
+from offpath.query.blocking import BlockingRecorder
 from offpath.query.engine import CatalogError, SkillIndex
 from offpath.query.generator import TemplateGenerator
-from offpath.query.servicer import SERVICE_NAME, BlockingRecorder, QueryServicer
+from offpath.query.servicer import SERVICE_NAME, QueryServicer
 from offpath.query.settings import QuerySettings
 from offpath.v1 import query_pb2_grpc
 
@@ -35,7 +36,6 @@ async def run(settings: QuerySettings, stop_event: asyncio.Event | None = None) 
         raise StartupError(f"cannot load the skills catalog: {exc}") from exc
     emitter: Emitter | None = None
     blocking: BlockingRecorder | None = None
-    sink: SqsSink | None = None
     if settings.analytics != "off":
         # Made now, not on first send: a missing region or a bad AWS
         # configuration stops start-up with a clear message instead of
@@ -47,26 +47,25 @@ async def run(settings: QuerySettings, stop_event: asyncio.Event | None = None) 
         else:
             blocking = BlockingRecorder(sink, settings.emitter.producer_id)
     servicer = QueryServicer(index, TemplateGenerator(), emitter, blocking)
+    server = settings.server
     _, stop_metrics = serve_metrics(
-        settings.host,
-        settings.metrics_port,
+        server.host,
+        server.metrics_port,
         lambda: emitter_samples(emitter) if emitter is not None else [],
     )
 
-    def add(server: grpc.aio.Server) -> None:
-        query_pb2_grpc.add_QueryServiceServicer_to_server(servicer, server)
+    def add(grpc_server: grpc.aio.Server) -> None:
+        query_pb2_grpc.add_QueryServiceServicer_to_server(servicer, grpc_server)
 
     async def started() -> None:
         # Before health says SERVING: warm the SQS client so its one-time cost
         # does not land on the first flush. Best effort, bounded: analytics
         # must never hold up serving.
-        if sink is not None:
-            try:
-                await asyncio.wait_for(asyncio.to_thread(sink.prepare), _WARM_UP_TIMEOUT_S)
-            except Exception as exc:
-                log.warning("sqs_warm_up_failed", error=f"{type(exc).__name__}: {exc}")
         if emitter is not None:
             emitter.start()
+            await emitter.prepare(_WARM_UP_TIMEOUT_S)
+        if blocking is not None:
+            await blocking.prepare(_WARM_UP_TIMEOUT_S)
         log.info("query_ready", skills=len(index), analytics=settings.analytics)
 
     async def stopped() -> None:
@@ -77,11 +76,9 @@ async def run(settings: QuerySettings, stop_event: asyncio.Event | None = None) 
         stop_metrics()
 
     await serve(
+        server,
         service_names=[SERVICE_NAME],
         add_servicers=add,
-        host=settings.host,
-        port=settings.port,
-        grace_s=settings.grace_s,
         on_started=started,
         on_stopped=stopped,
         stop_event=stop_event,

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import structlog
 
-from offpath.emitter import Emitter, EventRecord, EventSink
+from offpath.emitter import Emitter, EventRecord
 from offpath.kit.ids import new_id
+from offpath.query.blocking import BlockingRecorder
 from offpath.query.engine import SkillIndex
 from offpath.query.generator import Generator
 from offpath.v1 import analytics_pb2, query_pb2, query_pb2_grpc
@@ -115,35 +115,6 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                     self._emitter.emit(record)
                 elif self._blocking is not None:
                     await self._blocking.send(record)
-
-
-class BlockingRecorder:
-    """Sends each event to SQS before the reply is released: the write-up's
-    original, synchronous design. It exists so the benchmark can show what
-    offpath saves (``OFFPATH_ANALYTICS=blocking``); never use it to serve."""
-
-    def __init__(self, sink: EventSink, producer_id: str, timeout_s: float = 5.0) -> None:
-        self._sink = sink
-        self._producer_id = producer_id
-        self._timeout_s = timeout_s
-        # As many calls in flight as requests (the original awaited a fetch
-        # per request): a small shared pool would measure the pool instead.
-        self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="blocking-send")
-
-    async def send(self, record: EventRecord) -> None:
-        event = record.to_proto(self._producer_id)
-        deadline = time.monotonic() + self._timeout_s
-        result = await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._sink.export, [event], deadline
-        )
-        if result.sent != 1:
-            log.warning(
-                "blocking_send_failed", event_id=record.event_id, dropped=dict(result.dropped)
-            )
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        self._sink.close()
 
 
 def _validate(query: str, top_k: int) -> str | None:

@@ -1,11 +1,12 @@
-"""The emitter: bounded buffer, flusher task, worker thread.
+"""The emitter: bounded buffer and flusher task, on the event loop.
 
-Reads like OpenTelemetry's BatchProcessor. ``emit`` appends to a deque on the
-event loop thread (no lock: the loop is single-threaded) and, when a full
-export batch is waiting, wakes the flusher. The flusher otherwise wakes every
-``linger_s``, hands what is buffered to the worker thread, where records
-become protobuf and the sink sends them. Exceptions stop at the flusher's
-boundary and are logged; they never reach an RPC.
+Reads like OpenTelemetry's BatchProcessor. Everything in this module runs on
+the event loop's thread. ``emit`` appends to a deque (no lock: the loop is
+single-threaded) and, when a full export batch is waiting, wakes the
+flusher. The flusher otherwise wakes every ``linger_s`` and hands what is
+buffered, as plain records, to the sender thread (``offpath.emitter.sender``),
+where records become protobuf and the sink sends them. Exceptions stop at the
+flusher's boundary and are logged; they never reach an RPC.
 
 Every emitted event ends up counted exactly once: sent, or dropped under a
 reason (``queue_full``, ``shutdown``, ``too_large``, ``rejected``,
@@ -18,16 +19,15 @@ import asyncio
 import contextlib
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 
 import structlog
 
 from offpath.emitter.record import EventRecord
+from offpath.emitter.sender import Sender, SenderThread
 from offpath.emitter.settings import EmitterSettings
-from offpath.emitter.sink import EventSink, ExportResult
-from offpath.emitter.worker import Worker
+from offpath.emitter.sink import EventSink
 
 log = structlog.get_logger("offpath.emitter")
 
@@ -86,7 +86,7 @@ class Emitter:
         self._wake: asyncio.Event | None = None
         self._lock: asyncio.Lock | None = None
         self._task: asyncio.Task[None] | None = None
-        self._worker: Worker | None = None
+        self._sender: SenderThread | None = None
         self._shutdown_done: asyncio.Future[None] | None = None
         self._reported_drops: Counter[str] = Counter()
 
@@ -125,7 +125,7 @@ class Emitter:
             raise RuntimeError("emitter already started")
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
-        self._worker = Worker("offpath-emitter-sender")
+        self._sender = SenderThread(Sender(self._sink, self._settings.producer_id))
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name="offpath-emitter-flusher"
         )
@@ -136,6 +136,20 @@ class Emitter:
             events_per_message=self._settings.events_per_message,
             producer_id=self._settings.producer_id,
         )
+
+    async def prepare(self, timeout: float) -> bool:
+        """Warm the sink up (client, queue look-up) on the sender thread, for
+        at most ``timeout`` seconds: the first flush then does not pay
+        botocore's one-time set-up while requests are being served. Best
+        effort: returns False, and logs why, when it failed or took too long."""
+        if self._sender is None:
+            raise RuntimeError("emitter not started")
+        try:
+            await asyncio.wait_for(asyncio.shield(self._sender.prepare()), timeout)
+        except Exception as exc:
+            log.warning("emitter_warm_up_failed", error=f"{type(exc).__name__}: {exc}")
+            return False
+        return True
 
     @property
     def stats(self) -> EmitterStats:
@@ -178,19 +192,18 @@ class Emitter:
             done, _ = await asyncio.wait({self._task}, timeout=max(timeout, 0.0))
             if not done:
                 self._task.cancel()
-                # The worker may still finish the call in flight; it is
+                # The sender may still finish the call in flight; it is
                 # counted as unsent because nothing confirmed it in time.
                 unsent = len(self._buffer) + self._in_flight
                 self._stats.dropped["shutdown_unsent"] += unsent
                 self._buffer.clear()
                 self._in_flight = 0
                 log.warning("emitter_drain_timeout", unsent=unsent, timeout_s=timeout)
-        if self._worker is not None:
-            self._worker.close()
-        try:
-            self._sink.close()
-        except Exception:
-            log.exception("emitter_sink_close_failed")
+        if self._sender is not None:
+            self._sender.close()  # the sink is closed on the sender thread
+        else:
+            # Never started: no thread ever used the sink.
+            Sender(self._sink, self._settings.producer_id).close()
         self._report_drops()
         log.info("emitter_stopped", **self._stats.as_dict())
 
@@ -213,7 +226,7 @@ class Emitter:
 
     async def _export_pending(self) -> None:
         assert self._lock is not None
-        assert self._worker is not None
+        assert self._sender is not None
         async with self._lock:
             # Only what is buffered now: events arriving during the export
             # wait for the next linger (or a full batch) instead of being
@@ -226,28 +239,13 @@ class Emitter:
                 deadline = min(self._clock() + self._settings.retry_deadline_s, self._stop_deadline)
                 self._in_flight = size
                 try:
-                    result = await self._worker.submit(partial(self._export, chunk, deadline))
+                    result = await self._sender.export(chunk, deadline)
                 finally:
                     self._in_flight = 0
                 self._stats.sent += result.sent
                 self._stats.requests += result.requests
                 self._stats.retries += result.retries
                 self._stats.dropped.update(result.dropped)
-
-    def _export(self, chunk: Sequence[EventRecord], deadline: float) -> ExportResult:
-        """On the worker thread: records to protobuf, then the sink."""
-        try:
-            producer = self._settings.producer_id
-            events = [record.to_proto(producer) for record in chunk]
-            result = self._sink.export(events, deadline)
-        except Exception:
-            log.exception("emitter_export_failed", events=len(chunk))
-            return ExportResult(dropped=Counter({"export_error": len(chunk)}))
-        accounted = result.sent + sum(result.dropped.values())
-        if accounted != len(chunk):
-            # A sink that loses track would make the counters lie; say so.
-            log.error("emitter_sink_miscount", events=len(chunk), accounted=accounted)
-        return result
 
     def _report_drops(self) -> None:
         """Log drops since the last report, off the request path."""

@@ -3,8 +3,11 @@ idempotently: running it again on existing resources changes nothing (or
 re-applies the same attributes).
 
 The same code sets up the local endpoint for ``make run`` and for every test,
-and can be run against AWS (``python -m offpath.kit.bootstrap``), though
-``deploy/aws`` is the way to own the resources there.
+and can be run against AWS (``make bootstrap``, ``python -m
+offpath.dev.bootstrap``), though ``deploy/aws`` is the way to own the
+resources there. The table's schema is the store's
+(:func:`offpath.ingest.store.create_table_request`); the queue attributes
+are set-up's own, and ``deploy/aws`` mirrors them (its tests compare).
 """
 
 from __future__ import annotations
@@ -12,35 +15,100 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, Unpack
 
 import structlog
 from botocore.exceptions import ClientError
 
-from offpath.kit.aws import ResourceNames, dynamodb_client, sqs_client
+from offpath.ingest.settings import DEFAULT_TABLE_NAME, table_name_from_env
+from offpath.ingest.store import TABLE_KEY, TIME_INDEX, TTL_ATTRIBUTE, create_table_request
+from offpath.kit.aws import dynamodb_client, sqs_client
 from offpath.kit.logs import configure_logging
 from offpath.kit.settings import SettingsError, environ
+from offpath.kit.sqs import QueueNames, is_fifo
 
 if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
-    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_dynamodb.type_defs import (
+        CreateTableInputTypeDef,
+        CreateTableOutputTypeDef,
+        DescribeTableInputTypeDef,
+        DescribeTableOutputTypeDef,
+        DescribeTimeToLiveInputTypeDef,
+        DescribeTimeToLiveOutputTypeDef,
+        UpdateTimeToLiveInputTypeDef,
+        UpdateTimeToLiveOutputTypeDef,
+    )
+    from mypy_boto3_sqs.type_defs import (
+        CreateQueueRequestTypeDef,
+        CreateQueueResultTypeDef,
+        EmptyResponseMetadataTypeDef,
+        GetQueueAttributesRequestTypeDef,
+        GetQueueAttributesResultTypeDef,
+        GetQueueUrlRequestTypeDef,
+        GetQueueUrlResultTypeDef,
+        SetQueueAttributesRequestTypeDef,
+    )
 
-# Table layout, shared with AnalyticsIngest's store. Raw events are keyed by
-# event_id (a redelivery overwrites); the by_time index reaches them by time
-# range without a Scan: partition = UTC day + write shard, sort = occurred_at
-# then event_id.
-TABLE_KEY = "event_id"
-TIME_INDEX = "by_time"
-TIME_PARTITION = "bucket"
-TIME_SORT = "sk"
-TTL_ATTRIBUTE = "expires_at"
+
+class SetupSqsClient(Protocol):
+    """The SQS calls set-up makes (boto3's SQS client has them)."""
+
+    def create_queue(
+        self, **kwargs: Unpack[CreateQueueRequestTypeDef]
+    ) -> CreateQueueResultTypeDef: ...
+
+    def get_queue_url(
+        self, **kwargs: Unpack[GetQueueUrlRequestTypeDef]
+    ) -> GetQueueUrlResultTypeDef: ...
+
+    def get_queue_attributes(
+        self, **kwargs: Unpack[GetQueueAttributesRequestTypeDef]
+    ) -> GetQueueAttributesResultTypeDef: ...
+
+    def set_queue_attributes(
+        self, **kwargs: Unpack[SetQueueAttributesRequestTypeDef]
+    ) -> EmptyResponseMetadataTypeDef: ...
+
+
+class SetupDynamoDbClient(Protocol):
+    """The DynamoDB calls set-up makes (boto3's DynamoDB client has them)."""
+
+    def create_table(
+        self, **kwargs: Unpack[CreateTableInputTypeDef]
+    ) -> CreateTableOutputTypeDef: ...
+
+    def describe_table(
+        self, **kwargs: Unpack[DescribeTableInputTypeDef]
+    ) -> DescribeTableOutputTypeDef: ...
+
+    def describe_time_to_live(
+        self, **kwargs: Unpack[DescribeTimeToLiveInputTypeDef]
+    ) -> DescribeTimeToLiveOutputTypeDef: ...
+
+    def update_time_to_live(
+        self, **kwargs: Unpack[UpdateTimeToLiveInputTypeDef]
+    ) -> UpdateTimeToLiveOutputTypeDef: ...
+
 
 RETENTION_SECONDS = 14 * 24 * 3600  # the SQS maximum
 VISIBILITY_TIMEOUT_SECONDS = 30
 MAX_RECEIVE_COUNT = 3
 
 log = structlog.get_logger("offpath.bootstrap")
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceNames:
+    """Everything set-up creates: the queues and the table."""
+
+    queues: QueueNames = field(default_factory=QueueNames)
+    table: str = DEFAULT_TABLE_NAME
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ResourceNames:
+        return cls(queues=QueueNames.from_env(env), table=table_name_from_env(env))
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +121,8 @@ class Resources:
     table: str
 
 
-def _create_queue(sqs: SQSClient, name: str, attributes: dict[Any, str]) -> str:
-    if name.endswith(".fifo"):
+def _create_queue(sqs: SetupSqsClient, name: str, attributes: dict[Any, str]) -> str:
+    if is_fifo(name):
         attributes = {**attributes, "FifoQueue": "true", "ContentBasedDeduplication": "false"}
     try:
         return sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
@@ -69,7 +137,7 @@ def _create_queue(sqs: SQSClient, name: str, attributes: dict[Any, str]) -> str:
     return url
 
 
-def create_queues(sqs: SQSClient, names: ResourceNames) -> tuple[str, str, str]:
+def create_queues(sqs: SetupSqsClient, names: QueueNames) -> tuple[str, str, str]:
     """The dead-letter queue, then the queue that redrives into it after
     ``MAX_RECEIVE_COUNT`` receives. Returns (queue_url, dlq_url, dlq_arn)."""
     retention = {"MessageRetentionPeriod": str(RETENTION_SECONDS)}
@@ -91,29 +159,10 @@ def create_queues(sqs: SQSClient, names: ResourceNames) -> tuple[str, str, str]:
     return queue_url, dlq_url, dlq_arn
 
 
-def create_table(ddb: DynamoDBClient, table: str, *, wait_seconds: float = 60.0) -> None:
+def create_table(ddb: SetupDynamoDbClient, table: str, *, wait_seconds: float = 60.0) -> None:
     """The events table with its time index and TTL, on-demand billing."""
     try:
-        ddb.create_table(
-            TableName=table,
-            BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=[
-                {"AttributeName": TABLE_KEY, "AttributeType": "S"},
-                {"AttributeName": TIME_PARTITION, "AttributeType": "S"},
-                {"AttributeName": TIME_SORT, "AttributeType": "S"},
-            ],
-            KeySchema=[{"AttributeName": TABLE_KEY, "KeyType": "HASH"}],
-            GlobalSecondaryIndexes=[
-                {
-                    "IndexName": TIME_INDEX,
-                    "KeySchema": [
-                        {"AttributeName": TIME_PARTITION, "KeyType": "HASH"},
-                        {"AttributeName": TIME_SORT, "KeyType": "RANGE"},
-                    ],
-                    "Projection": {"ProjectionType": "ALL"},
-                }
-            ],
-        )
+        ddb.create_table(**create_table_request(table))
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") != "ResourceInUseException":
             raise
@@ -143,13 +192,13 @@ def create_table(ddb: DynamoDBClient, table: str, *, wait_seconds: float = 60.0)
 def bootstrap(
     names: ResourceNames,
     *,
-    sqs: SQSClient | None = None,
-    ddb: DynamoDBClient | None = None,
+    sqs: SetupSqsClient | None = None,
+    ddb: SetupDynamoDbClient | None = None,
 ) -> Resources:
     """Create (or confirm) every resource offpath needs."""
     sqs = sqs or sqs_client()
     ddb = ddb or dynamodb_client()
-    queue_url, dlq_url, dlq_arn = create_queues(sqs, names)
+    queue_url, dlq_url, dlq_arn = create_queues(sqs, names.queues)
     create_table(ddb, names.table)
     resources = Resources(queue_url=queue_url, dlq_url=dlq_url, dlq_arn=dlq_arn, table=names.table)
     log.info(

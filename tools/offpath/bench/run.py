@@ -40,10 +40,11 @@ from typing import Any
 
 import grpc
 
-from offpath.bench.loadgen import LoadResult, histogram, percentile, run_load
 from offpath.bench.plot import write_svg
 from offpath.client import OffpathClient
-from offpath.kit.devstack import DevStack
+from offpath.client.load import LoadResult, histogram, percentile, run_load
+from offpath.dev.stack import DevStack
+from offpath.kit.logs import read_log
 
 
 @dataclass(frozen=True)
@@ -106,11 +107,10 @@ def _emitter_stats(log_path: Path) -> dict[str, Any] | None:
     """The emitter's final counters, from the server's ``emitter_stopped`` log line."""
     if not log_path.exists():
         return None
-    for line in reversed(log_path.read_text(encoding="utf-8").splitlines()):
-        if '"emitter_stopped"' in line:
-            record: dict[str, Any] = json.loads(line)
-            return {k: record[k] for k in ("enqueued", "sent", "requests", "retries", "dropped")}
-    return None
+    stopped = [r for r in read_log(log_path) if r.get("event") == "emitter_stopped"]
+    if not stopped:
+        return None
+    return {k: stopped[-1][k] for k in ("enqueued", "sent", "requests", "retries", "dropped")}
 
 
 def _freshness(client: OffpathClient, event_ids: list[str]) -> dict[str, Any]:
@@ -169,7 +169,7 @@ def run_mode(
                 if variant.proxy is not None:
                     proxy = stack.spawn(
                         f"proxy-{variant.name}",
-                        "offpath.bench.proxy",
+                        "offpath.dev.proxy",
                         {},
                         args=("--upstream", f"127.0.0.1:{aws_port}", *variant.proxy),
                         cpus=other_cpus,

@@ -1,11 +1,11 @@
 """The whole local system as child processes: the local AWS endpoint, then
 AnalyticsIngest, then QueryService.
 
-``make run`` runs :func:`main`, which keeps them in the foreground with their
-JSON logs on stdout and stops them in reverse order on Ctrl-C or SIGTERM
-(QueryService first, so its emitter drains while the queue is still there).
-The tests use :class:`DevStack` with port 0 everywhere, so they run beside a
-live ``make run``.
+``make run`` runs :func:`main` (``python -m offpath.dev.stack``), which keeps
+them in the foreground with their JSON logs on stdout and stops them in
+reverse order on Ctrl-C or SIGTERM (QueryService first, so its emitter
+drains while the queue is still there). The tests use :class:`DevStack` with
+port 0 everywhere, so they run beside a live ``make run``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import json
 import os
 import signal
 import subprocess
@@ -25,11 +24,46 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from offpath.kit.local_aws import LOCAL_DEFAULTS, endpoint_url
+from offpath.dev import localaws
+from offpath.dev.localaws import LOCAL_DEFAULTS, endpoint_url
+from offpath.ingest import settings as ingest_settings
+from offpath.kit import defaults
+from offpath.kit.logs import parse_line
 from offpath.kit.settings import SettingsError, env_int, environ
+from offpath.kit.signals import STOP_SIGNALS, on_signals, stop_on_signals
+from offpath.query import settings as query_settings
 
 _READY_EVENTS = {"server_started", "local_aws_started"}
 _PR_SET_PDEATHSIG = 1
+# make does not forward SIGTERM, and a closed terminal sends SIGHUP.
+_SUPERVISOR_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP)
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One part of the stack: its module and the variables that place it."""
+
+    module: str
+    host_var: str
+    port_var: str
+    metrics_port_var: str | None = None
+
+
+PARTS = {
+    "local-aws": _Part("offpath.dev.localaws", localaws.ENV_HOST, localaws.ENV_PORT),
+    "ingest": _Part(
+        "offpath.ingest",
+        ingest_settings.ENV_HOST,
+        ingest_settings.ENV_PORT,
+        ingest_settings.ENV_METRICS_PORT,
+    ),
+    "query": _Part(
+        "offpath.query",
+        query_settings.ENV_HOST,
+        query_settings.ENV_PORT,
+        query_settings.ENV_METRICS_PORT,
+    ),
+}
 
 
 def _die_with_parent() -> None:
@@ -64,14 +98,12 @@ class Child:
                     # The reader went away (a closed pipe, `| head`): keep
                     # draining, or the child would block writing its logs.
                     sink = None
-            if not self.ready.is_set() and line.startswith("{"):
-                with contextlib.suppress(ValueError):
-                    record = json.loads(line)
-                    if record.get("event") == "metrics_started":
-                        self.metrics_port = int(record["port"])
-                    if record.get("event") in _READY_EVENTS:
-                        self.port = int(record["port"])
-                        self.ready.set()
+            if not self.ready.is_set() and (record := parse_line(line)) is not None:
+                if record["event"] == "metrics_started":
+                    self.metrics_port = int(record["port"])
+                if record["event"] in _READY_EVENTS:
+                    self.port = int(record["port"])
+                    self.ready.set()
         self.ready.set()  # exited: wake whoever waits
 
 
@@ -89,10 +121,10 @@ class DevStack:
     def __init__(
         self,
         *,
-        host: str = "127.0.0.1",
-        aws_port: int = 4566,
-        query_port: int = 50051,
-        ingest_port: int = 50052,
+        host: str = defaults.HOST,
+        aws_port: int = localaws.DEFAULT_PORT,
+        query_port: int = defaults.QUERY_PORT,
+        ingest_port: int = defaults.INGEST_PORT,
         env: Mapping[str, str] | None = None,
         log_dir: Path | None = None,
         output: IO[str] | None = None,
@@ -139,35 +171,24 @@ class DevStack:
     def start(self, services: tuple[str, ...] = ("local-aws", "ingest", "query")) -> DevStack:
         """Start the named parts in order (a test may want the endpoint only)."""
         try:
-            if "local-aws" in services:
-                self._spawn(
-                    "local-aws", "offpath.kit.local_aws", {"OFFPATH_LOCAL_AWS_HOST": self.host}
-                )
-            if "ingest" in services:
-                self._spawn(
-                    "ingest", "offpath.ingest", {**self.aws_env(), "OFFPATH_INGEST_HOST": self.host}
-                )
-            if "query" in services:
-                self._spawn(
-                    "query", "offpath.query", {**self.aws_env(), "OFFPATH_QUERY_HOST": self.host}
-                )
+            for name in PARTS:
+                if name in services:
+                    self._spawn(name)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _spawn(self, name: str, module: str, env_extra: Mapping[str, str]) -> None:
-        port_var = {
-            "local-aws": "OFFPATH_LOCAL_AWS_PORT",
-            "ingest": "OFFPATH_INGEST_PORT",
-            "query": "OFFPATH_QUERY_PORT",
-        }[name]
-        env = {**env_extra, port_var: str(self._ports[name])}
-        if name != "local-aws" and self._ports[name] == 0:
+    def _spawn(self, name: str) -> None:
+        part = PARTS[name]
+        env = {part.host_var: self.host, part.port_var: str(self._ports[name])}
+        if name != "local-aws":
+            env.update(self.aws_env())
+        if part.metrics_port_var is not None and self._ports[name] == 0:
             # A stack on free ports takes free metrics ports too, so it never
             # collides with a `make run` on the defaults.
-            env[f"OFFPATH_{name.upper()}_METRICS_PORT"] = "0"
-        self.spawn(name, module, env, cpus=self.cpus)
+            env[part.metrics_port_var] = "0"
+        self.spawn(name, part.module, env, cpus=self.cpus)
 
     def spawn(
         self,
@@ -282,20 +303,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the whole offpath system locally.")
     env = environ()
     try:
-        defaults = {
-            name: env_int(env, var, default, minimum=0, maximum=65535)
-            for name, var, default in (
-                ("aws", "OFFPATH_LOCAL_AWS_PORT", 4566),
-                ("query", "OFFPATH_QUERY_PORT", 50051),
-                ("ingest", "OFFPATH_INGEST_PORT", 50052),
+        ports = {
+            name: env_int(env, PARTS[name].port_var, default, minimum=0, maximum=65535)
+            for name, default in (
+                ("local-aws", localaws.DEFAULT_PORT),
+                ("query", defaults.QUERY_PORT),
+                ("ingest", defaults.INGEST_PORT),
             )
         }
     except SettingsError as exc:
         parser.error(str(exc))
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--aws-port", type=int, default=defaults["aws"])
-    parser.add_argument("--query-port", type=int, default=defaults["query"])
-    parser.add_argument("--ingest-port", type=int, default=defaults["ingest"])
+    parser.add_argument("--host", default=defaults.HOST)
+    parser.add_argument("--aws-port", type=int, default=ports["local-aws"])
+    parser.add_argument("--query-port", type=int, default=ports["query"])
+    parser.add_argument("--ingest-port", type=int, default=ports["ingest"])
     args = parser.parse_args(argv)
 
     stack = DevStack(
@@ -306,14 +327,13 @@ def main(argv: list[str] | None = None) -> None:
         output=sys.stdout,
     )
 
-    def interrupt_start(signum: int, _frame: object) -> None:
-        raise _Interrupted(signal.Signals(signum).name)
+    def interrupt_start(sig: signal.Signals) -> None:
+        raise _Interrupted(sig.name)
 
     # While starting, a signal interrupts the wait; start() stops what it began.
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, interrupt_start)
     try:
-        stack.start()
+        with on_signals(interrupt_start, _SUPERVISOR_SIGNALS):
+            stack.start()
     except StartError as exc:
         print(f"make run: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -321,19 +341,20 @@ def main(argv: list[str] | None = None) -> None:
         print(f"make run: {exc} while starting; stopped", file=sys.stderr)
         sys.exit(130)
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda *_: stop.set())
-    print(_banner(stack), file=sys.stderr, flush=True)
     parent = os.getppid()
     died: str | None = None
-    while not stop.wait(0.5):
-        died = stack.exited()
-        # make does not forward SIGTERM; notice when our parent went away.
-        if died is not None or os.getppid() != parent:
-            break
-    if died is not None:
-        print(f"make run: {died} exited unexpectedly; stopping the rest", file=sys.stderr)
-    codes = stack.stop()
+    with stop_on_signals(stop, _SUPERVISOR_SIGNALS):
+        print(_banner(stack), file=sys.stderr, flush=True)
+        while not stop.wait(0.5):
+            died = stack.exited()
+            # make does not forward SIGTERM; notice when our parent went away.
+            if died is not None or os.getppid() != parent:
+                break
+        if died is not None:
+            print(f"make run: {died} exited unexpectedly; stopping the rest", file=sys.stderr)
+        # Still inside: a second Ctrl-C while stopping must not kill the
+        # supervisor before its children.
+        codes = stack.stop()
     print(
         f"make run: stopped ({', '.join(f'{k}={v}' for k, v in codes.items())})",
         file=sys.stderr,

@@ -5,13 +5,13 @@ engine, no analytics)."""
 from __future__ import annotations
 
 import asyncio
-import signal
 
 import grpc
 import structlog
 
 from offpath.kit.logs import configure_logging
 from offpath.kit.settings import env_int, environ
+from offpath.kit.signals import stop_on_signals
 from offpath.v1 import analytics_pb2, query_pb2, query_pb2_grpc
 
 log = structlog.get_logger("offpath.bench.echo")
@@ -37,11 +37,9 @@ async def serve(port: int) -> None:
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    log.info("server_started", port=bound)
-    await stop.wait()
+    with stop_on_signals(stop):
+        log.info("server_started", port=bound)
+        await stop.wait()
     await server.stop(1)
 
 

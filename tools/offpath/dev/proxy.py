@@ -1,5 +1,6 @@
-"""A TCP proxy that makes an endpoint slow or unresponsive, for the
-benchmark's "SQS answers 100 ms slowly or not at all" runs.
+"""A fault-injecting TCP proxy that makes an endpoint slow or unresponsive,
+for the benchmark's "SQS answers 100 ms slowly or not at all" runs
+(``python -m offpath.dev.proxy --upstream HOST:PORT``).
 
 Each accepted connection waits ``delay_ms`` before it is connected upstream
 (botocore opens a connection per call to the local endpoint, so every call
@@ -11,13 +12,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 
 import structlog
 
 from offpath.kit.logs import configure_logging
+from offpath.kit.signals import stop_on_signals
 
-log = structlog.get_logger("offpath.bench.proxy")
+log = structlog.get_logger("offpath.dev.proxy")
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -51,12 +52,10 @@ async def serve(upstream_host: str, upstream_port: int, delay_s: float, blackhol
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    log.info("server_started", port=port, delay_s=delay_s, blackhole=blackhole)
-    async with server:
-        await stop.wait()
+    with stop_on_signals(stop):
+        log.info("server_started", port=port, delay_s=delay_s, blackhole=blackhole)
+        async with server:
+            await stop.wait()
 
 
 def main() -> None:

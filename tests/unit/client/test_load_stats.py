@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from offpath.bench.loadgen import histogram, percentile
+from offpath.client.load import histogram, percentile
 
 
 class TestPercentile:

@@ -1,0 +1,56 @@
+"""Blocking analytics: the write-up's original, synchronous design.
+
+Each event is sent to SQS before the reply is released. It exists so the
+benchmark can show what offpath saves (``OFFPATH_ANALYTICS=blocking``);
+never use it to serve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import structlog
+
+from offpath.emitter import EventRecord, EventSink
+
+log = structlog.get_logger("offpath.query")
+
+
+class BlockingRecorder:
+    """Awaits one sink export per event, on a pool of threads."""
+
+    def __init__(self, sink: EventSink, producer_id: str, timeout_s: float = 5.0) -> None:
+        self._sink = sink
+        self._producer_id = producer_id
+        self._timeout_s = timeout_s
+        # As many calls in flight as requests (the original awaited a fetch
+        # per request): a small shared pool would measure the pool instead.
+        # The sink's client is boto3's, which is safe to share across threads.
+        self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="blocking-send")
+
+    async def prepare(self, timeout: float) -> None:
+        """Warm the sink up before serving, best effort."""
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(
+                loop.run_in_executor(self._executor, self._sink.prepare), timeout
+            )
+        except Exception as exc:
+            log.warning("sqs_warm_up_failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def send(self, record: EventRecord) -> None:
+        event = record.to_proto(self._producer_id)
+        deadline = time.monotonic() + self._timeout_s
+        result = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._sink.export, [event], deadline
+        )
+        if result.sent != 1:
+            log.warning(
+                "blocking_send_failed", event_id=record.event_id, dropped=dict(result.dropped)
+            )
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._sink.close()
