@@ -17,7 +17,7 @@ help:
 	@echo "make test   lint, type-check and run every test"
 	@echo "make bench  latency side by side: echo, analytics off, background, blocking (BENCH_ARGS=...)"
 	@echo "make gen    regenerate Python code from protos/"
-	@echo "make lock   re-resolve requirements.lock from pyproject.toml"
+	@echo "make lock   re-resolve requirements.lock from pyproject.toml and tools/pyproject.toml"
 	@echo "make clean  remove the environment, tools and generated code"
 
 # The environment: dependencies from the lock, generated code, then the project
@@ -74,14 +74,15 @@ test: lint
 	OFFPATH_BUF=$(abspath $(BUF)) $(PY) -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
+# By marker (tests/conftest.py marks each test by its folder).
 unit: install
-	$(PY) -m pytest tests/unit
+	$(PY) -m pytest -m unit
 
 integration: install
-	$(PY) -m pytest tests/integration
+	$(PY) -m pytest -m integration
 
 e2e: install $(BUF)
-	OFFPATH_BUF=$(abspath $(BUF)) $(PY) -m pytest tests/e2e
+	OFFPATH_BUF=$(abspath $(BUF)) $(PY) -m pytest -m e2e
 
 lock:
 	rm -rf .lock-venv

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from offpath.client import OffpathClient
-from offpath.kit.devstack import DevStack
+from offpath.dev.stack import DevStack
 
 # Short long-polls keep shutdown quick; everything else runs at its defaults,
 # so the freshness the tests see is the freshness users get.

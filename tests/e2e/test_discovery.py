@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from offpath.kit.devstack import DevStack
+from offpath.dev.stack import DevStack
 
 EXPECTED = {
     "query": "offpath.v1.QueryService",

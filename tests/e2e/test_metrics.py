@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import re
 import urllib.request
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from offpath.client import OffpathClient
-from offpath.kit.devstack import DevStack
+from offpath.dev.stack import DevStack
 
 
 def _scrape(stack: DevStack, name: str) -> dict[str, float]:
@@ -14,12 +15,12 @@ def _scrape(stack: DevStack, name: str) -> dict[str, float]:
     assert port is not None, f"{name} logged no metrics_started"
     with urllib.request.urlopen(f"http://{stack.host}:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        match = re.match(r"^(offpath_[a-z_]+(?:\{[^}]*\})?) ([0-9.e+-]+)$", line)
-        if match:
-            values[match.group(1)] = float(match.group(2))
-    return values
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("offpath_") and not sample.labels
+    }
 
 
 def test_emitter_and_consumer_counters_follow_the_traffic(

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from offpath.client import OffpathClient
-from offpath.kit.devstack import DevStack
+from offpath.dev.stack import DevStack
+from offpath.kit.logs import read_log
 
 
 def test_sigterm_drains_the_emitter(tmp_path: Path) -> None:
@@ -25,6 +26,8 @@ def test_sigterm_drains_the_emitter(tmp_path: Path) -> None:
         assert stack.stop_child("query") == 0
         for event_id in ids:
             client.wait_for_event(event_id, timeout=10)
-        log = (tmp_path / "query.log").read_text()
-        assert '"event": "emitter_stopped"' in log
-        assert '"sent": 40' in log
+        (stopped,) = [
+            r for r in read_log(tmp_path / "query.log") if r["event"] == "emitter_stopped"
+        ]
+        assert stopped["sent"] == 40
+        assert stopped["dropped"] == {}

@@ -1,4 +1,5 @@
-"""A service that cannot start says why in one line and exits 2, no traceback."""
+"""A service that cannot start says why in one line and exits 2, no traceback; one
+that can, starts."""
 
 from __future__ import annotations
 
@@ -6,8 +7,12 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from offpath.dev.stack import DevStack
+from offpath.kit.logs import read_log
 
 
 def _start(module: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -68,3 +73,28 @@ def test_unreadable_catalog_is_reported() -> None:
     assert done.returncode == 2
     assert "cannot load the skills catalog" in done.stderr
     assert "/nonexistent.json" in done.stderr
+
+
+def test_queue_name_alone_is_enough_for_query_service(tmp_path: Path) -> None:
+    """OFFPATH_SQS_QUEUE_NAME=events with no dead-letter name set lets QueryService
+    start (a producer never needs the DLQ's name), and it stops cleanly."""
+    stack = DevStack(aws_port=0, query_port=0, log_dir=tmp_path)
+    try:
+        stack.start(("local-aws",))
+        stack.spawn(
+            "query",
+            "offpath.query",
+            {
+                **stack.aws_env(),
+                "OFFPATH_QUERY_PORT": "0",
+                "OFFPATH_QUERY_METRICS_PORT": "0",
+                "OFFPATH_SQS_QUEUE_NAME": "events",
+            },
+        )
+        assert stack.stop_child("query") == 0
+    finally:
+        stack.stop()
+    records = read_log(tmp_path / "query.log")
+    assert "startup_failed" not in {r["event"] for r in records}
+    (started,) = [r for r in records if r["event"] == "emitter_started"]
+    assert started["queue"] == "events"

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 
-from offpath.kit.aws import ResourceNames, dynamodb_client, sqs_client
-from offpath.kit.bootstrap import (
+from offpath.dev.bootstrap import (
     MAX_RECEIVE_COUNT,
     RETENTION_SECONDS,
-    TIME_INDEX,
-    TTL_ATTRIBUTE,
+    ResourceNames,
     Resources,
     bootstrap,
 )
+from offpath.ingest.store import TIME_INDEX, TTL_ATTRIBUTE
+from offpath.kit.aws import dynamodb_client, sqs_client
 
 
 def test_creates_fifo_queue_with_redrive_to_fifo_dlq(resources: Resources) -> None:

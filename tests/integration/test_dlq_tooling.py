@@ -5,16 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 
 from offpath.client.dlq import REDRIVEN_BY_SQS, DeadLetterQueue
+from offpath.dev.bootstrap import ResourceNames, Resources
 from offpath.emitter import EmitterSettings, SqsSink
-from offpath.ingest.consumer import Consumer
+from offpath.ingest.consumer import Consumer, Queues
 from offpath.ingest.store import EventStore
-from offpath.kit.aws import ResourceNames, dynamodb_client, sqs_client
-from offpath.kit.bootstrap import Resources
+from offpath.kit.aws import dynamodb_client, sqs_client
 from offpath.kit.ids import new_id
-from offpath.kit.wire import MESSAGE_ATTRIBUTES
+from offpath.kit.sqs import MESSAGE_ATTRIBUTES, QueueNames
 from offpath.v1 import analytics_pb2
 
 
@@ -29,13 +30,11 @@ def _poison(resources: Resources, body: str, dedup: str) -> None:
 
 
 def _consume(resources: Resources) -> Consumer:
+    queues = Queues(QueueNames(), queue_url=resources.queue_url, dlq_url=resources.dlq_url)
     consumer = Consumer(
-        sqs_client(),
-        EventStore(dynamodb_client(), resources.table),
-        queue_url=resources.queue_url,
-        dlq_url=resources.dlq_url,
-        wait_seconds=0,
+        sqs_client(), EventStore(dynamodb_client(), resources.table), queues, wait_seconds=0
     )
+    assert consumer.resolve(threading.Event())
     while consumer.poll_once():
         pass
     return consumer
@@ -65,7 +64,7 @@ def test_redrive_moves_messages_back_and_they_are_ingested(
     event = analytics_pb2.AnalyticsEvent(event_id=new_id(), query="redriven", producer_id="it")
     event.occurred_at.GetCurrentTime()
     # Put a good batch straight into the DLQ, as SQS's redrive policy would.
-    dlq_settings = EmitterSettings(queue_name=names.dlq, producer_id="it")
+    dlq_settings = EmitterSettings(queue_name=names.queues.dlq, producer_id="it")
     sent = SqsSink(dlq_settings).export([event], deadline=time.monotonic() + 10)
     assert sent.sent == 1
     dlq = DeadLetterQueue(sqs_client(), dlq_url=resources.dlq_url, queue_url=resources.queue_url)
@@ -86,8 +85,8 @@ def test_cli_lists_the_dlq(resources: Resources, names: ResourceNames) -> None:
     _consume(resources)
     env = {
         **os.environ,
-        "OFFPATH_SQS_QUEUE_NAME": names.queue,
-        "OFFPATH_SQS_DLQ_NAME": names.dlq,
+        "OFFPATH_SQS_QUEUE_NAME": names.queues.queue,
+        "OFFPATH_SQS_DLQ_NAME": names.queues.dlq,
     }
     done = subprocess.run(
         [sys.executable, "-m", "offpath.client", "dlq", "list"],

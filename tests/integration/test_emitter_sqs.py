@@ -7,11 +7,12 @@ from typing import Any
 
 import boto3
 
+from offpath.dev.bootstrap import ResourceNames
 from offpath.emitter import Emitter, EmitterSettings, EventRecord, SqsSink
 from offpath.kit import aws
-from offpath.kit.aws import ResourceNames, sqs_client
+from offpath.kit.aws import sqs_client
 from offpath.kit.ids import new_id
-from offpath.kit.wire import decode_message
+from offpath.kit.sqs import decode_message
 from offpath.v1 import analytics_pb2
 
 
@@ -60,7 +61,9 @@ def _events(messages: list[dict[str, Any]]) -> list[analytics_pb2.AnalyticsEvent
 
 async def test_every_emitted_event_arrives_packed_in_few_requests(names: ResourceNames) -> None:
     """1,000 events reach the FIFO queue intact, in at most 5 SQS requests."""
-    settings = EmitterSettings(queue_name=names.queue, producer_id="it-producer", linger_s=0.05)
+    settings = EmitterSettings(
+        queue_name=names.queues.queue, producer_id="it-producer", linger_s=0.05
+    )
     emitter = Emitter(SqsSink(settings), settings)
     emitter.start()
     records = [_record(i) for i in range(1000)]
@@ -70,7 +73,7 @@ async def test_every_emitted_event_arrives_packed_in_few_requests(names: Resourc
     assert stats.sent == 1000
     assert not stats.dropped
     assert stats.requests <= 5
-    url = sqs_client().get_queue_url(QueueName=names.queue)["QueueUrl"]
+    url = sqs_client().get_queue_url(QueueName=names.queues.queue)["QueueUrl"]
     messages = _drain(url)
     assert {m["Attributes"]["MessageGroupId"] for m in messages} == {"it-producer"}
     events = _events(messages)
@@ -83,7 +86,7 @@ async def test_every_emitted_event_arrives_packed_in_few_requests(names: Resourc
 async def test_small_message_limit_splits_batches_within_limit(names: ResourceNames) -> None:
     """With a 4 KiB message limit every message and call stays within it and nothing is lost."""
     settings = EmitterSettings(
-        queue_name=names.queue, producer_id="p", linger_s=0.05, max_message_bytes=4096
+        queue_name=names.queues.queue, producer_id="p", linger_s=0.05, max_message_bytes=4096
     )
     emitter = Emitter(SqsSink(settings), settings)
     emitter.start()
@@ -91,7 +94,7 @@ async def test_small_message_limit_splits_batches_within_limit(names: ResourceNa
         emitter.emit(_record(i))
     stats = await emitter.shutdown(10)
     assert stats.sent == 120
-    messages = _drain(sqs_client().get_queue_url(QueueName=names.queue)["QueueUrl"])
+    messages = _drain(sqs_client().get_queue_url(QueueName=names.queues.queue)["QueueUrl"])
     assert len(messages) > 1
     assert all(len(m["Body"]) <= 4096 for m in messages)
     assert len(_events(messages)) == 120
@@ -101,7 +104,7 @@ async def test_unreachable_endpoint_drops_and_counts(names: ResourceNames) -> No
     """When SQS cannot be reached, events are counted as send_failed by the deadline, never
     lost silently, and emit keeps accepting them."""
     settings = EmitterSettings(
-        queue_name=names.queue,
+        queue_name=names.queues.queue,
         producer_id="p",
         linger_s=0.02,
         retry_deadline_s=0.5,

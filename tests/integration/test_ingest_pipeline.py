@@ -3,16 +3,17 @@ DynamoDB out, poison to the DLQ."""
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import UTC, datetime
 
+from offpath.dev.bootstrap import ResourceNames, Resources
 from offpath.emitter import EmitterSettings, SqsSink
-from offpath.ingest.consumer import Consumer
+from offpath.ingest.consumer import Consumer, Queues
 from offpath.ingest.store import EventStore
-from offpath.kit.aws import ResourceNames, dynamodb_client, sqs_client
-from offpath.kit.bootstrap import Resources
+from offpath.kit.aws import dynamodb_client, sqs_client
 from offpath.kit.ids import new_id
-from offpath.kit.wire import MESSAGE_ATTRIBUTES, REASON_ATTRIBUTE
+from offpath.kit.sqs import MESSAGE_ATTRIBUTES, REASON_ATTRIBUTE
 from offpath.v1 import analytics_pb2
 
 _NS = 1_000_000_000
@@ -38,7 +39,7 @@ def _event(
 
 
 def _send(names: ResourceNames, events: list[analytics_pb2.AnalyticsEvent]) -> None:
-    settings = EmitterSettings(queue_name=names.queue, producer_id="it")
+    settings = EmitterSettings(queue_name=names.queues.queue, producer_id="it")
     result = SqsSink(settings).export(events, deadline=time.monotonic() + 10)
     assert result.sent == len(events)
 
@@ -48,14 +49,11 @@ def _consume_all(consumer: Consumer) -> None:
         pass
 
 
-def _consumer(resources: Resources, store: EventStore) -> Consumer:
-    return Consumer(
-        sqs_client(),
-        store,
-        queue_url=resources.queue_url,
-        dlq_url=resources.dlq_url,
-        wait_seconds=0,
-    )
+def _consumer(names: ResourceNames, store: EventStore) -> Consumer:
+    """A consumer that looks its queues up by name, as the service does."""
+    consumer = Consumer(sqs_client(), store, Queues(names.queues), wait_seconds=0)
+    assert consumer.resolve(threading.Event())
+    return consumer
 
 
 def _store(resources: Resources) -> EventStore:
@@ -69,7 +67,7 @@ def test_events_are_written_and_messages_deleted(
     events = [_event(time.time_ns() - i * _NS) for i in range(30)]
     _send(names, events)
     store = _store(resources)
-    consumer = _consumer(resources, store)
+    consumer = _consumer(names, store)
     _consume_all(consumer)
     for event in events:
         stored = store.get(event.event_id)
@@ -101,7 +99,7 @@ def test_poison_goes_to_dlq_with_reason_and_does_not_block(
     good = _event(time.time_ns())
     _send(names, [good])
     store = _store(resources)
-    consumer = _consumer(resources, store)
+    consumer = _consumer(names, store)
     _consume_all(consumer)
     assert store.get(good.event_id) is not None
     dead = sqs.receive_message(
@@ -120,7 +118,7 @@ def test_redelivered_events_are_not_duplicated(resources: Resources, names: Reso
     _send(names, events)
     _send(names, events)
     store = _store(resources)
-    consumer = _consumer(resources, store)
+    consumer = _consumer(names, store)
     _consume_all(consumer)
     page, cursor = store.list(base - _NS, base + _NS, page_size=100)
     assert [s.event.event_id for s in page] == [e.event_id for e in events]
@@ -133,7 +131,7 @@ def test_list_pages_across_days_in_both_orders(resources: Resources) -> None:
     store = _store(resources)
     midnight = int(datetime(2026, 11, 27, tzinfo=UTC).timestamp()) * _NS
     events = [_event(midnight + (i - 12) * 600 * _NS, query=f"q{i}") for i in range(25)]
-    store.write([store.item(e, batch_id="b", ingested_ns=time.time_ns()) for e in events])
+    store.write([("b", events)], ingested_ns=time.time_ns())
     start, end = midnight - 3 * 3600 * _NS, midnight + 3 * 3600 * _NS
     for newest_first in (False, True):
         seen: list[str] = []
@@ -158,7 +156,7 @@ def test_summary_counts_events_errors_and_skills(resources: Resources) -> None:
     now = time.time_ns()
     events = [_event(now - i * _NS, status=3 if i % 4 == 0 else 0) for i in range(12)]
     outside = _event(now - 7200 * _NS)
-    store.write([store.item(e, batch_id="b", ingested_ns=now) for e in [*events, outside]])
+    store.write([("b", [*events, outside])], ingested_ns=now)
     summary = store.summary(now - 3600 * _NS, now + _NS)
     assert summary.event_count == 12
     assert summary.error_count == 3

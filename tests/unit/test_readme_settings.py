@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-CODE_DIRS = ("services", "clients")
+CODE_DIRS = ("services", "clients", "tools")
 VARIABLE = re.compile(r"\"(OFFPATH_[A-Z0-9_]+)\"")
 TABLE_ROW = re.compile(r"^\| `(OFFPATH_[A-Z0-9_]+)` \|", re.MULTILINE)
 

@@ -1,5 +1,6 @@
-"""Unit tests for offpath.ingest.store.EventStore over a stub DynamoDB client: batch writes,
-item layout, and time-ordered paging over the sharded time index."""
+"""Unit tests for offpath.ingest.store: the table schema it owns, and EventStore over the
+shared in-memory FakeDynamoDb (batch writes and their retries, the item format read back
+from the fake table, and time-ordered paging over the sharded time index)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,19 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from offpath.ingest.store import EventStore, WriteError, iso_ns
-from offpath.kit.bootstrap import TIME_INDEX
+from offpath.ingest.store import (
+    TABLE_KEY,
+    TIME_INDEX,
+    TIME_PARTITION,
+    TIME_SORT,
+    TTL_ATTRIBUTE,
+    EventStore,
+    WriteError,
+    create_table_request,
+    iso_ns,
+)
+from offpath.testing.calls import client_error
+from offpath.testing.dynamodb import FakeDynamoDb
 from offpath.v1 import analytics_pb2
 
 TABLE = "events"
@@ -22,90 +34,7 @@ NS = 1_000_000_000
 DAY1 = int(datetime(2026, 11, 27, tzinfo=UTC).timestamp()) * NS
 DAY2 = DAY1 + 86_400 * NS
 HOUR = 3_600 * NS
-
-
-def _validation(message: str) -> ClientError:
-    return ClientError({"Error": {"Code": "ValidationException", "Message": message}}, "Query")
-
-
-class StubDynamoDb:
-    """An in-memory table behind the three calls EventStore makes.
-
-    ``batch_write_item`` stores items, except that it hands back as UnprocessedItems the
-    last ``unprocessed[n]`` requests of its n-th call (``None`` entries: all of them).
-    ``query`` evaluates the time index key condition (bucket equality, sk BETWEEN), honours
-    ScanIndexForward, Limit and ExclusiveStartKey, and stops after ``page_cap`` items as
-    DynamoDB's 1 MB page limit would, returning LastEvaluatedKey whenever it stopped early
-    (even when nothing is left, as DynamoDB may). It rejects what DynamoDB rejects.
-    """
-
-    def __init__(self, *, page_cap: int = 1_000, unprocessed: Sequence[int | None] = ()) -> None:
-        self.table: dict[str, dict[str, Any]] = {}
-        self.page_cap = page_cap
-        self.unprocessed = list(unprocessed)
-        self.write_calls: list[list[dict[str, Any]]] = []
-        self.queries: list[dict[str, Any]] = []
-        self.error: BaseException | None = None
-
-    def batch_write_item(self, **kwargs: Any) -> dict[str, Any]:
-        if self.error is not None:
-            raise self.error
-        ((table, requests),) = kwargs["RequestItems"].items()
-        assert table == TABLE
-        assert 1 <= len(requests) <= 25, "BatchWriteItem takes 1 to 25 requests"
-        keys = [r["PutRequest"]["Item"]["event_id"]["S"] for r in requests]
-        assert len(set(keys)) == len(keys), "BatchWriteItem rejects duplicate keys"
-        self.write_calls.append(requests)
-        count = self.unprocessed.pop(0) if self.unprocessed else 0
-        count = len(requests) if count is None else count
-        done, left = requests[: len(requests) - count], requests[len(requests) - count :]
-        for request in done:
-            item = request["PutRequest"]["Item"]
-            self.table[item["event_id"]["S"]] = item
-        return {"UnprocessedItems": {TABLE: left} if left else {}}
-
-    def get_item(self, **kwargs: Any) -> dict[str, Any]:
-        assert kwargs["TableName"] == TABLE
-        item = self.table.get(kwargs["Key"]["event_id"]["S"])
-        return {} if item is None else {"Item": item}
-
-    def query(self, **kwargs: Any) -> dict[str, Any]:
-        self.queries.append(dict(kwargs))
-        assert kwargs["TableName"] == TABLE
-        assert kwargs["IndexName"] == TIME_INDEX
-        assert kwargs["KeyConditionExpression"] == "#p = :p AND #s BETWEEN :lo AND :hi"
-        names, values = kwargs["ExpressionAttributeNames"], kwargs["ExpressionAttributeValues"]
-        part, sort = names["#p"], names["#s"]
-        bucket, low, high = values[":p"]["S"], values[":lo"]["S"], values[":hi"]["S"]
-        if low > high:
-            raise _validation("BETWEEN requires the upper bound >= the lower bound")
-        limit = kwargs.get("Limit")
-        if limit is not None and limit < 1:
-            raise _validation("Limit must be at least 1")
-        forward = kwargs.get("ScanIndexForward", True)
-        matches = sorted(
-            (
-                item
-                for item in self.table.values()
-                if item[part]["S"] == bucket and low <= item[sort]["S"] <= high
-            ),
-            key=lambda item: item[sort]["S"],
-            reverse=not forward,
-        )
-        start = kwargs.get("ExclusiveStartKey")
-        if start is not None:
-            after = start[sort]["S"]
-            assert start[part]["S"] == bucket
-            matches = [
-                m for m in matches if (m[sort]["S"] > after if forward else m[sort]["S"] < after)
-            ]
-        cap = min(limit or self.page_cap, self.page_cap)
-        page = matches[:cap]
-        response: dict[str, Any] = {"Items": page, "Count": len(page)}
-        if len(page) == cap:
-            last = page[-1]
-            response["LastEvaluatedKey"] = {k: last[k] for k in ("event_id", part, sort)}
-        return response
+INGESTED_NS = DAY2 + HOUR
 
 
 def _uuid(rng: random.Random) -> str:
@@ -124,99 +53,201 @@ def _event(event_id: str, occurred_ns: int, **fields: Any) -> analytics_pb2.Anal
     return event
 
 
-def _store(stub: StubDynamoDb, **kwargs: Any) -> tuple[EventStore, list[float]]:
+def _ddb(*, page_items: int = 1_000) -> FakeDynamoDb:
+    ddb = FakeDynamoDb(page_items=page_items)
+    ddb.create_table(**create_table_request(TABLE))
+    return ddb
+
+
+def _store(ddb: FakeDynamoDb, **kwargs: Any) -> tuple[EventStore, list[float]]:
+    """A store whose backoff always waits its ceiling, recording the waits instead."""
     sleeps: list[float] = []
-    client: Any = stub
-    store = EventStore(client, TABLE, sleep=sleeps.append, rng=lambda: 1.0, **kwargs)
+    store = EventStore(ddb, TABLE, sleep=sleeps.append, rng=lambda: 1.0, **kwargs)
     return store, sleeps
 
 
-def _items(
-    store: EventStore, events: Sequence[analytics_pb2.AnalyticsEvent]
-) -> list[dict[str, Any]]:
-    return [store.item(e, batch_id="b-1", ingested_ns=DAY2 + HOUR) for e in events]
+def _write(
+    store: EventStore,
+    events: Sequence[analytics_pb2.AnalyticsEvent],
+    *,
+    batch_id: str = "b-1",
+    ingested_ns: int = INGESTED_NS,
+) -> int:
+    return store.write([(batch_id, events)], ingested_ns=ingested_ns)
+
+
+def _written_ids(ddb: FakeDynamoDb) -> list[list[str]]:
+    """The event ids each BatchWriteItem call carried, in call order."""
+    return [
+        [r["PutRequest"]["Item"][TABLE_KEY]["S"] for r in call["RequestItems"][TABLE]]
+        for call in ddb.journal.of("batch_write_item")
+    ]
+
+
+def _item(ddb: FakeDynamoDb, event_id: str) -> dict[str, Any]:
+    """The stored item of ``event_id``, read from the fake table itself."""
+    (item,) = [i for i in ddb.items(TABLE) if i[TABLE_KEY]["S"] == event_id]
+    return item
+
+
+class TestSchema:
+    def test_create_table_request_defines_the_keys_the_store_uses(self) -> None:
+        """The table is keyed by event id and its time index by bucket then sort key, each
+        key attribute declared once, billed on demand."""
+        request = create_table_request("t1")
+        assert request["TableName"] == "t1"
+        assert request["BillingMode"] == "PAY_PER_REQUEST"
+        assert request["KeySchema"] == [{"AttributeName": TABLE_KEY, "KeyType": "HASH"}]
+        (index,) = request.get("GlobalSecondaryIndexes", [])
+        assert index["IndexName"] == TIME_INDEX
+        assert index["KeySchema"] == [
+            {"AttributeName": TIME_PARTITION, "KeyType": "HASH"},
+            {"AttributeName": TIME_SORT, "KeyType": "RANGE"},
+        ]
+        assert index.get("Projection") == {"ProjectionType": "ALL"}
+        defined = {
+            (d["AttributeName"], d["AttributeType"]) for d in request["AttributeDefinitions"]
+        }
+        assert defined == {(TABLE_KEY, "S"), (TIME_PARTITION, "S"), (TIME_SORT, "S")}
+
+    def test_the_store_works_on_a_table_made_from_the_request(self) -> None:
+        """Items written by the store are found again through the time index the request
+        creates, so schema and item format agree."""
+        ddb = _ddb()
+        store, _ = _store(ddb)
+        event = _event(_uuid(random.Random(0)), DAY1 + HOUR)
+        _write(store, [event])
+        page, _ = store.list(DAY1, DAY2, page_size=10)
+        assert [stored.event for stored in page] == [event]
+        assert {q["IndexName"] for q in ddb.journal.of("query")} == {TIME_INDEX}
 
 
 class TestWrite:
     def test_retries_unprocessed_items_until_done(self) -> None:
-        """Unprocessed items are resent (only they) after a backoff until none are left."""
+        """Unprocessed items are resent (only they) after a full-jitter backoff of up to
+        50 ms, then 100 ms, until none are left."""
         rng = random.Random(1)
-        stub = StubDynamoDb(unprocessed=[2, 1])
-        store, sleeps = _store(stub)
-        items = _items(store, [_event(_uuid(rng), DAY1 + i) for i in range(5)])
-        assert store.write(items) == 5
-        assert [len(call) for call in stub.write_calls] == [5, 2, 1]
-        assert stub.write_calls[1] == stub.write_calls[0][3:]
-        assert stub.write_calls[2] == stub.write_calls[1][1:]
-        assert len(stub.table) == 5
+        ddb = _ddb()
+        ddb.leave_unprocessed(2, 1)
+        store, sleeps = _store(ddb)
+        events = [_event(_uuid(rng), DAY1 + i) for i in range(5)]
+        assert _write(store, events) == 5
+        calls = _written_ids(ddb)
+        assert [len(call) for call in calls] == [5, 2, 1]
+        assert calls[1] == calls[0][3:]
+        assert calls[2] == calls[1][1:]
+        assert {item[TABLE_KEY]["S"] for item in ddb.items(TABLE)} == {e.event_id for e in events}
         assert sleeps == pytest.approx([0.05, 0.1])
 
+    def test_backoff_is_random_below_the_ceiling(self) -> None:
+        """The wait is the random draw times the ceiling, not the ceiling itself."""
+        ddb = _ddb()
+        ddb.leave_unprocessed(1, 1)
+        sleeps: list[float] = []
+        store = EventStore(ddb, TABLE, sleep=sleeps.append, rng=lambda: 0.5)
+        assert _write(store, [_event(_uuid(random.Random(12)), DAY1)]) == 1
+        assert sleeps == pytest.approx([0.025, 0.05])
+
     def test_raises_when_unprocessed_never_clear(self) -> None:
-        """Items DynamoDB keeps refusing end in WriteError after a bounded number of tries."""
-        stub = StubDynamoDb(unprocessed=[None] * 100)
-        store, sleeps = _store(stub)
-        items = _items(store, [_event(_uuid(random.Random(2)), DAY1)])
+        """Items DynamoDB keeps refusing end in WriteError after 8 attempts, the waits
+        doubling from 50 ms and capped at 2 s."""
+        ddb = _ddb()
+        ddb.leave_unprocessed(*[None] * 100)
+        store, sleeps = _store(ddb)
         with pytest.raises(WriteError, match="unprocessed"):
-            store.write(items)
-        assert len(stub.write_calls) == 8
-        assert all(delay <= 2.0 for delay in sleeps)
+            _write(store, [_event(_uuid(random.Random(2)), DAY1)])
+        assert len(ddb.journal.of("batch_write_item")) == 8
+        assert sleeps == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 2.0])
+        assert ddb.items(TABLE) == []
 
     def test_no_wait_after_the_last_attempt(self) -> None:
         """Giving up does not first wait out a backoff no attempt will follow."""
-        stub = StubDynamoDb(unprocessed=[None] * 100)
-        store, sleeps = _store(stub)
+        ddb = _ddb()
+        ddb.leave_unprocessed(*[None] * 100)
+        store, sleeps = _store(ddb)
         with pytest.raises(WriteError):
-            store.write(_items(store, [_event(_uuid(random.Random(2)), DAY1)]))
-        assert len(sleeps) == len(stub.write_calls) - 1
+            _write(store, [_event(_uuid(random.Random(2)), DAY1)])
+        assert len(sleeps) == len(ddb.journal.of("batch_write_item")) - 1
 
-    def test_client_errors_become_write_errors(self) -> None:
+    @pytest.mark.parametrize(
+        "cause",
+        [
+            RuntimeError("connection reset"),
+            client_error("ProvisionedThroughputExceededException", "slow down", "BatchWriteItem"),
+        ],
+        ids=["connection", "client-error"],
+    )
+    def test_client_errors_become_write_errors(self, cause: Exception) -> None:
         """Any failure of the call itself is raised as WriteError, with the cause kept."""
-        stub = StubDynamoDb()
-        cause = RuntimeError("connection reset")
-        stub.error = cause
-        store, _ = _store(stub)
+        ddb = _ddb()
+        ddb.journal.inject("batch_write_item", cause)
+        store, _ = _store(ddb)
         with pytest.raises(WriteError) as info:
-            store.write(_items(store, [_event(_uuid(random.Random(3)), DAY1)]))
+            _write(store, [_event(_uuid(random.Random(3)), DAY1)])
         assert info.value.__cause__ is cause
 
     def test_chunks_of_at_most_25(self) -> None:
-        """60 items go out as 25 + 25 + 10, each exactly once."""
+        """60 events go out as 25 + 25 + 10, each exactly once, in the order given."""
         rng = random.Random(4)
-        stub = StubDynamoDb()
-        store, _ = _store(stub)
-        items = _items(store, [_event(_uuid(rng), DAY1 + i) for i in range(60)])
-        assert store.write(items) == 60
-        assert [len(call) for call in stub.write_calls] == [25, 25, 10]
-        written = [r["PutRequest"]["Item"] for call in stub.write_calls for r in call]
-        assert written == items
+        ddb = _ddb()
+        store, _ = _store(ddb)
+        events = [_event(_uuid(rng), DAY1 + i) for i in range(60)]
+        assert _write(store, events) == 60
+        calls = _written_ids(ddb)
+        assert [len(call) for call in calls] == [25, 25, 10]
+        assert [event_id for call in calls for event_id in call] == [e.event_id for e in events]
+        assert len(ddb.items(TABLE)) == 60
 
     def test_duplicate_event_ids_collapse_to_the_last(self) -> None:
-        """Duplicate keys (BatchWriteItem would reject them) are sent once, the last wins."""
+        """Duplicate keys (BatchWriteItem would reject them) are sent once, the last wins,
+        even across batches."""
         rng = random.Random(5)
-        stub = StubDynamoDb()
-        store, _ = _store(stub)
+        ddb = _ddb()
+        store, _ = _store(ddb)
         same, other = _uuid(rng), _uuid(rng)
-        events = [
-            _event(same, DAY1, query="first"),
-            _event(other, DAY1),
-            _event(same, DAY1, query="last"),
+        batches = [
+            ("b-1", [_event(same, DAY1, query="first"), _event(other, DAY1)]),
+            ("b-2", [_event(same, DAY1, query="last")]),
         ]
-        assert store.write(_items(store, events)) == 2
-        assert len(stub.write_calls[0]) == 2
-        assert stub.table[same]["query"] == {"S": "last"}
+        assert store.write(batches, ingested_ns=INGESTED_NS) == 2
+        assert [len(call) for call in _written_ids(ddb)] == [2]
+        assert _item(ddb, same)["query"] == {"S": "last"}
+        assert _item(ddb, same)["batch_id"] == {"S": "b-2"}
 
-    def test_nothing_to_write(self) -> None:
-        """An empty write makes no call."""
-        stub = StubDynamoDb()
-        store, _ = _store(stub)
-        assert store.write([]) == 0
-        assert stub.write_calls == []
+    def test_each_event_keeps_its_own_batch_id(self) -> None:
+        """Events of several batches are written together, each with its batch's id."""
+        rng = random.Random(6)
+        ddb = _ddb()
+        store, _ = _store(ddb)
+        first = [_event(_uuid(rng), DAY1 + i) for i in range(3)]
+        second = [_event(_uuid(rng), DAY1 + 10 + i) for i in range(2)]
+        assert store.write([("b-1", first), ("b-2", second)], ingested_ns=INGESTED_NS) == 5
+        assert len(ddb.journal.of("batch_write_item")) == 1
+        for batch_id, events in (("b-1", first), ("b-2", second)):
+            for event in events:
+                assert _item(ddb, event.event_id)["batch_id"] == {"S": batch_id}
+
+    @pytest.mark.parametrize(
+        "batches",
+        [[], [("b-1", [])], [("b-1", []), ("b-2", [])]],
+        ids=["no-batches", "one-empty", "two-empty"],
+    )
+    def test_nothing_to_write(
+        self, batches: list[tuple[str, list[analytics_pb2.AnalyticsEvent]]]
+    ) -> None:
+        """A write with no events makes no call and reports 0."""
+        ddb = _ddb()
+        store, _ = _store(ddb)
+        assert store.write(batches, ingested_ns=INGESTED_NS) == 0
+        assert ddb.journal.of("batch_write_item") == []
 
 
 class TestItem:
     def test_fields(self) -> None:
-        """The item carries every event field readably, the payload, batch and ingest time."""
-        store, _ = _store(StubDynamoDb(), retention_days=7)
+        """The stored item carries every event field readably, the payload, batch and ingest
+        time, and the key attributes the schema names."""
+        ddb = _ddb()
+        store, _ = _store(ddb, retention_days=7)
         event = _event(
             "0190a6f2-7a55-7cc1-9d2b-1a2b3c4d5e6f",
             DAY1 + 5 * HOUR + 123_456_789,
@@ -228,11 +259,17 @@ class TestItem:
         event.processing_time.FromNanoseconds(1_234_567_890)
         event.matched_skills.add(name="Kubernetes", score=0.75)
         event.attributes["region"] = "eu"
-        item = store.item(event, batch_id="batch-9", ingested_ns=DAY1 + 6 * HOUR + 5)
-        assert item["event_id"] == {"S": event.event_id}
+        _write(store, [event], batch_id="batch-9", ingested_ns=DAY1 + 6 * HOUR + 5)
+        item = _item(ddb, event.event_id)
+        assert item[TABLE_KEY] == {"S": event.event_id}
+        assert item[TIME_PARTITION] == {"S": f"2026-11-27#{0x5E6F % 4}"}
+        assert item[TIME_SORT] == {"S": f"2026-11-27T05:00:00.123456789Z#{event.event_id}"}
         assert item["occurred_at"] == {"S": "2026-11-27T05:00:00.123456789Z"}
         assert item["ingested_at"] == {"S": "2026-11-27T06:00:00.000000005Z"}
-        assert item["sk"] == {"S": f"2026-11-27T05:00:00.123456789Z#{event.event_id}"}
+        assert item["service"] == {"S": "offpath.v1.QueryService"}
+        assert item["method"] == {"S": "/offpath.v1.QueryService/Query"}
+        assert item["query"] == {"S": "k8s?"}
+        assert item["model"] == {"S": "tiny"}
         assert item["processing_ms"] == {"N": "1234.568"}
         assert item["token_count"] == {"N": "12"}
         assert item["status_code"] == {"N": "3"}
@@ -242,65 +279,113 @@ class TestItem:
         assert item["attributes"] == {"M": {"region": {"S": "eu"}}}
         assert item["batch_id"] == {"S": "batch-9"}
         assert item["producer_id"] == {"S": "producer-1"}
+        assert item[TTL_ATTRIBUTE] == {"N": str((DAY1 + 5 * HOUR) // NS + 7 * 86_400)}
         assert analytics_pb2.AnalyticsEvent.FromString(item["payload"]["B"]) == event
+
+    def test_payload_keeps_unknown_fields(self) -> None:
+        """The payload is the event's exact bytes, so fields this version does not know
+        survive a round trip through the table."""
+        ddb = _ddb()
+        store, _ = _store(ddb)
+        event = _event(_uuid(random.Random(13)), DAY1)
+        # Field 999, wire type 2 (length-delimited), 3 bytes: a field from a newer schema.
+        unknown = b"\xba\x3e\x03abc"
+        event.MergeFromString(unknown)
+        _write(store, [event])
+        payload = _item(ddb, event.event_id)["payload"]["B"]
+        assert payload.endswith(unknown)
+        stored = store.get(event.event_id)
+        assert stored is not None
+        assert stored.event.SerializeToString() == event.SerializeToString()
 
     @pytest.mark.parametrize("shards", [1, 4, 7])
     def test_bucket_is_utc_day_and_shard(self, shards: int) -> None:
         """The time partition is the UTC day of occurrence and a shard from the id's tail."""
-        store, _ = _store(StubDynamoDb(), shards=shards)
+        ddb = _ddb()
+        store, _ = _store(ddb, shards=shards)
         rng = random.Random(shards)
         for occurred in (DAY1, DAY2 - 1, DAY2, DAY1 + 13 * HOUR):
             event_id = _uuid(rng)
-            bucket = store.item(_event(event_id, occurred), batch_id="b", ingested_ns=0)["bucket"]
+            _write(store, [_event(event_id, occurred)])
+            bucket = _item(ddb, event_id)[TIME_PARTITION]["S"]
             day = datetime.fromtimestamp(occurred // NS, UTC).strftime("%Y-%m-%d")
-            assert re.fullmatch(r"\d{4}-\d{2}-\d{2}#\d+", bucket["S"])
-            assert bucket["S"] == f"{day}#{int(event_id[-4:], 16) % shards}"
+            assert re.fullmatch(r"\d{4}-\d{2}-\d{2}#\d+", bucket)
+            assert bucket == f"{day}#{int(event_id[-4:], 16) % shards}"
+            assert bucket == store.bucket(event_id, occurred)
 
     def test_bucket_spreads_over_every_shard(self) -> None:
         """Random ids land in every shard, so one day's writes do not share a partition."""
-        store, _ = _store(StubDynamoDb(), shards=4)
+        ddb = _ddb()
+        store, _ = _store(ddb, shards=4)
         rng = random.Random(8)
-        shards = {store.bucket(_uuid(rng), DAY1).split("#")[1] for _ in range(200)}
-        assert shards == {"0", "1", "2", "3"}
+        _write(store, [_event(_uuid(rng), DAY1 + i) for i in range(200)])
+        buckets = {item[TIME_PARTITION]["S"] for item in ddb.items(TABLE)}
+        assert buckets == {f"2026-11-27#{shard}" for shard in range(4)}
 
     def test_sort_key_orders_by_time_then_id(self) -> None:
         """Sort keys compare as text in the same order as (occurred_at, event_id)."""
-        store, _ = _store(StubDynamoDb())
+        ddb = _ddb()
+        store, _ = _store(ddb)
         rng = random.Random(9)
         times = [DAY1 - 1, DAY1, DAY1 + 9, DAY1 + 10, DAY1 + NS - 1, DAY1 + NS, DAY2 + 1]
         times += [0, 999_999_999, 10 * NS, 4_102_444_800 * NS]  # 1970 to 2100
         events = [_event(_uuid(rng), t) for t in times for _ in range(2)]
-        items = [store.item(e, batch_id="b", ingested_ns=0) for e in events]
-        rng.shuffle(items)
-        by_key = sorted(items, key=lambda item: item["sk"]["S"])
+        shuffled = list(events)
+        rng.shuffle(shuffled)
+        _write(store, shuffled)
+        by_key = sorted(ddb.items(TABLE), key=lambda item: item[TIME_SORT]["S"])
         by_time = sorted(events, key=lambda e: (e.occurred_at.ToNanoseconds(), e.event_id))
-        assert [item["event_id"]["S"] for item in by_key] == [e.event_id for e in by_time]
+        assert [item[TABLE_KEY]["S"] for item in by_key] == [e.event_id for e in by_time]
 
     @pytest.mark.parametrize("days", [1, 30, 365])
     def test_expires_at_is_occurred_plus_retention(self, days: int) -> None:
         """The TTL attribute is the occurrence time in epoch seconds plus the retention."""
-        store, _ = _store(StubDynamoDb(), retention_days=days)
-        item = store.item(_event(_uuid(random.Random(0)), DAY1 + 999), batch_id="b", ingested_ns=0)
-        assert item["expires_at"] == {"N": str(DAY1 // NS + days * 86_400)}
+        ddb = _ddb()
+        store, _ = _store(ddb, retention_days=days)
+        event = _event(_uuid(random.Random(0)), DAY1 + 999)
+        _write(store, [event])
+        assert _item(ddb, event.event_id)[TTL_ATTRIBUTE] == {"N": str(DAY1 // NS + days * 86_400)}
 
 
 class TestGet:
     def test_reads_back_what_was_written(self) -> None:
-        """get returns the event, its batch and its ingest time exactly; unknown ids None."""
-        stub = StubDynamoDb()
-        store, _ = _store(stub)
+        """get returns the event, its batch and its ingest time exactly, read consistently;
+        unknown ids give None."""
+        ddb = _ddb()
+        store, _ = _store(ddb)
         event = _event(_uuid(random.Random(10)), DAY1 + 7, query="hello")
-        store.write([store.item(event, batch_id="batch-1", ingested_ns=DAY2 + 123)])
+        _write(store, [event], batch_id="batch-1", ingested_ns=DAY2 + 123)
         stored = store.get(event.event_id)
         assert stored is not None
         assert stored.event == event
         assert stored.batch_id == "batch-1"
         assert stored.ingested_at_ns == DAY2 + 123
         assert store.get(_uuid(random.Random(11))) is None
+        assert all(call["ConsistentRead"] for call in ddb.journal.of("get_item"))
+
+    def test_upper_case_ids_are_keyed_in_canonical_form(self) -> None:
+        """An event whose producer wrote its UUID in upper case is stored under the
+        lower-case id (the form GetEvent looks up), with its payload unchanged."""
+        ddb = _ddb()
+        store, _ = _store(ddb)
+        event = _event(_uuid(random.Random(12)).upper(), DAY1 + 9)
+        _write(store, [event], batch_id="batch-2", ingested_ns=DAY2)
+        stored = store.get(event.event_id.lower())
+        assert stored is not None
+        assert stored.event.event_id == event.event_id
+        assert [item["event_id"]["S"] for item in ddb.items(TABLE)] == [event.event_id.lower()]
+
+    def test_failures_are_raised(self) -> None:
+        """A failing GetItem is not mistaken for a missing event."""
+        ddb = _ddb()
+        ddb.journal.inject("get_item", client_error("InternalServerError", "no", "GetItem"))
+        store, _ = _store(ddb)
+        with pytest.raises(ClientError, match="InternalServerError"):
+            store.get(_uuid(random.Random(14)))
 
 
 def _populate(
-    stub: StubDynamoDb, store: EventStore, count: int, seed: int
+    ddb: FakeDynamoDb, store: EventStore, count: int, seed: int
 ) -> list[analytics_pb2.AnalyticsEvent]:
     """``count`` events from 20:00 on day 1 to 04:00 on day 2, some at identical times."""
     rng = random.Random(seed)
@@ -310,8 +395,8 @@ def _populate(
         events.append(_event(_uuid(rng), occurred))
         if i % 10 == 0:
             events.append(_event(_uuid(rng), occurred))  # a tie, broken by event id
-    store.write(_items(store, events))
-    assert len(stub.table) == len(events)
+    _write(store, events)
+    assert len(ddb.items(TABLE)) == len(events)
     return events
 
 
@@ -339,17 +424,17 @@ def _page_all(
 class TestList:
     @pytest.mark.parametrize("newest_first", [False, True], ids=["oldest-first", "newest-first"])
     @pytest.mark.parametrize("page_size", [1, 2, 5, 7, 100])
-    @pytest.mark.parametrize("page_cap", [2, 1_000], ids=["small-ddb-pages", "one-ddb-page"])
+    @pytest.mark.parametrize("page_items", [2, 1_000], ids=["small-ddb-pages", "one-ddb-page"])
     @pytest.mark.parametrize("shards", [1, 4])
     def test_pages_cover_every_event_once_in_order(
-        self, newest_first: bool, page_size: int, page_cap: int, shards: int
+        self, newest_first: bool, page_size: int, page_items: int, shards: int
     ) -> None:
         """Following the cursor from the first page to the last yields every event in the
         range exactly once, in time order, across two days and every shard."""
-        stub = StubDynamoDb(page_cap=page_cap)
-        store, _ = _store(stub, shards=shards)
-        events = _populate(stub, store, 40, seed=page_size)
-        assert len({item["bucket"]["S"] for item in stub.table.values()}) == 2 * shards
+        ddb = _ddb(page_items=page_items)
+        store, _ = _store(ddb, shards=shards)
+        events = _populate(ddb, store, 40, seed=page_size)
+        assert len({item[TIME_PARTITION]["S"] for item in ddb.items(TABLE)}) == 2 * shards
         pages = _page_all(store, DAY1, DAY2 + 86_400 * NS, page_size, newest_first)
         assert [e for page in pages for e in page] == _ordered(events, newest_first)
         assert all(len(page) == page_size for page in pages[:-1])
@@ -358,9 +443,9 @@ class TestList:
     @pytest.mark.parametrize("newest_first", [False, True], ids=["oldest-first", "newest-first"])
     def test_range_is_half_open(self, newest_first: bool) -> None:
         """Only events with start <= occurred_at < end are listed, across the day boundary."""
-        stub = StubDynamoDb(page_cap=3)
-        store, _ = _store(stub, shards=3)
-        events = _populate(stub, store, 30, seed=21)
+        ddb = _ddb(page_items=3)
+        store, _ = _store(ddb, shards=3)
+        events = _populate(ddb, store, 30, seed=21)
         times = sorted({e.occurred_at.ToNanoseconds() for e in events})
         start, end = times[5], times[-5]  # both are event times: bounds are exact
         assert start < DAY2 <= end
@@ -370,37 +455,50 @@ class TestList:
 
     def test_exact_page_leaves_no_dangling_cursor(self) -> None:
         """When the events fill the last page exactly, no cursor to an empty page is given."""
-        stub = StubDynamoDb()
-        store, _ = _store(stub)
+        ddb = _ddb()
+        store, _ = _store(ddb)
         rng = random.Random(30)
-        events = [_event(_uuid(rng), DAY1 + i * HOUR) for i in range(6)]
-        store.write(_items(store, events))
+        _write(store, [_event(_uuid(rng), DAY1 + i * HOUR) for i in range(6)])
         page, cursor = store.list(DAY1, DAY2, page_size=6)
         assert len(page) == 6
         assert cursor is None
         page, cursor = store.list(DAY1, DAY2, page_size=3)
         assert cursor is not None
 
+    def test_pages_carry_batch_and_ingest_time(self) -> None:
+        """Listed events come back with the batch id and ingest time they were written with."""
+        ddb = _ddb()
+        store, _ = _store(ddb)
+        event = _event(_uuid(random.Random(31)), DAY1 + HOUR)
+        _write(store, [event], batch_id="batch-7", ingested_ns=DAY1 + 2 * HOUR)
+        (stored,), _ = store.list(DAY1, DAY2, page_size=5)
+        assert (stored.event, stored.batch_id, stored.ingested_at_ns) == (
+            event,
+            "batch-7",
+            DAY1 + 2 * HOUR,
+        )
+
     def test_empty_range(self) -> None:
         """A range with no events gives an empty page and no cursor."""
-        stub = StubDynamoDb()
-        store, _ = _store(stub)
+        ddb = _ddb()
+        store, _ = _store(ddb)
         assert store.list(DAY1, DAY2, page_size=10) == ([], None)
 
     def test_queries_only_the_days_in_range(self) -> None:
         """Each UTC day the range touches is queried once per shard, no other day."""
-        stub = StubDynamoDb()
-        store, _ = _store(stub, shards=2)
+        ddb = _ddb()
+        store, _ = _store(ddb, shards=2)
         store.list(DAY1 + HOUR, DAY2 + HOUR, page_size=10)
-        buckets = sorted(q["ExpressionAttributeValues"][":p"]["S"] for q in stub.queries)
+        buckets = sorted(q["ExpressionAttributeValues"][":p"]["S"] for q in ddb.journal.of("query"))
         assert buckets == ["2026-11-27#0", "2026-11-27#1", "2026-11-28#0", "2026-11-28#1"]
 
 
 class TestSummary:
     def test_counts_errors_latency_and_skills(self) -> None:
-        """Summary totals events, non-OK statuses, mean processing time and top skills."""
-        stub = StubDynamoDb(page_cap=2)
-        store, _ = _store(stub)
+        """Summary totals events, non-OK statuses, mean processing time and top skills over
+        the range only, across DynamoDB pages."""
+        ddb = _ddb(page_items=2)
+        store, _ = _store(ddb)
         rng = random.Random(40)
         events = []
         for i in range(6):
@@ -411,15 +509,35 @@ class TestSummary:
                 event.matched_skills.add(name="Go", score=0.4)
             events.append(event)
         events.append(_event(_uuid(rng), DAY2 + HOUR))  # outside the range
-        store.write(_items(store, events))
+        _write(store, events)
         summary = store.summary(DAY1, DAY2)
         assert summary.event_count == 6
         assert summary.error_count == 2
         assert summary.mean_processing_ms == pytest.approx(3.5)
         assert summary.top_skills == [("Go", 4), ("Rust", 3)]
 
+    def test_top_skills_are_at_most_ten_ties_by_name(self) -> None:
+        """Only the ten most matched skills are reported, equal counts ordered by name."""
+        ddb = _ddb()
+        store, _ = _store(ddb)
+        rng = random.Random(41)
+        event = _event(_uuid(rng), DAY1 + HOUR)
+        for name in "LKJIHGFEDCBA":
+            event.matched_skills.add(name=name, score=0.5)
+        _write(store, [event])
+        summary = store.summary(DAY1, DAY2)
+        assert summary.top_skills == [(name, 1) for name in "ABCDEFGHIJ"]
+
+    def test_empty_range(self) -> None:
+        """No events: zero counts and a mean of 0, not a division error."""
+        store, _ = _store(_ddb())
+        summary = store.summary(DAY1, DAY2)
+        assert (summary.event_count, summary.error_count, summary.top_skills) == (0, 0, [])
+        assert summary.mean_processing_ms == 0.0
+
 
 def test_iso_ns_is_fixed_width() -> None:
     """iso_ns always renders nine fractional digits, so text order is time order."""
     assert iso_ns(DAY1) == "2026-11-27T00:00:00.000000000Z"
     assert iso_ns(DAY1 + 1) == "2026-11-27T00:00:00.000000001Z"
+    assert iso_ns(0) == "1970-01-01T00:00:00.000000000Z"

@@ -1,5 +1,5 @@
-"""Unit tests for environment parsing: offpath.kit.settings helpers, ResourceNames and
-EmitterSettings.from_env."""
+"""Unit tests for environment parsing: offpath.kit.settings helpers, ServerSettings,
+EmitterSettings.from_env, and the services' settings built from them."""
 
 from __future__ import annotations
 
@@ -15,22 +15,28 @@ from offpath.emitter.settings import (
     ENV_MAX_MESSAGE_BYTES,
     ENV_MAX_QUEUE,
     ENV_PRODUCER_ID,
-    ENV_QUEUE_URL,
     ENV_RETRY_DEADLINE_S,
     EmitterSettings,
     default_producer_id,
     sanitize_producer_id,
 )
-from offpath.kit.aws import ENV_DLQ_NAME, ENV_QUEUE_NAME, ENV_TABLE_NAME, ResourceNames
+from offpath.ingest import settings as ingest
+from offpath.ingest.settings import IngestSettings
+from offpath.kit import defaults
 from offpath.kit.settings import (
+    ENV_LOG_LEVEL,
+    ENV_SHUTDOWN_GRACE_S,
+    ServerSettings,
     SettingsError,
-    env_bool,
     env_choice,
     env_float,
     env_int,
     env_optional_str,
     env_str,
 )
+from offpath.kit.sqs import ENV_DLQ_NAME, ENV_DLQ_URL, ENV_QUEUE_NAME, ENV_QUEUE_URL, QueueNames
+from offpath.query import settings as query
+from offpath.query.settings import QuerySettings
 
 VAR = "OFFPATH_TEST_VALUE"
 
@@ -102,30 +108,6 @@ class TestEnvFloat:
             env_float({VAR: raw}, VAR, 1.0, minimum=0, maximum=3600)
 
 
-class TestEnvBool:
-    @pytest.mark.parametrize("raw", ["1", "true", "TRUE", "yes", "On", " true "])
-    def test_true(self, raw: str) -> None:
-        """The true spellings, in any case, are True."""
-        assert env_bool({VAR: raw}, VAR, False) is True
-
-    @pytest.mark.parametrize("raw", ["0", "false", "False", "no", "OFF"])
-    def test_false(self, raw: str) -> None:
-        """The false spellings, in any case, are False."""
-        assert env_bool({VAR: raw}, VAR, True) is False
-
-    @pytest.mark.parametrize("default", [True, False])
-    def test_default_when_unset_or_blank(self, default: bool) -> None:
-        """Unset or blank gives the default."""
-        assert env_bool({}, VAR, default) is default
-        assert env_bool({VAR: " "}, VAR, default) is default
-
-    @pytest.mark.parametrize("raw", ["2", "y", "enabled", "truee"])
-    def test_bad_value(self, raw: str) -> None:
-        """Anything else raises SettingsError naming the variable, never a silent default."""
-        with pytest.raises(SettingsError, match=rf"^{VAR}=.* not a boolean"):
-            env_bool({VAR: raw}, VAR, True)
-
-
 class TestEnvChoice:
     CHOICES = ("debug", "info", "warning")
 
@@ -144,36 +126,62 @@ class TestEnvChoice:
             env_choice({VAR: "verbose"}, VAR, "info", self.CHOICES)
 
 
-class TestResourceNames:
-    def test_defaults_are_fifo(self) -> None:
-        """With nothing set, the queue and DLQ are the default FIFO pair."""
-        names = ResourceNames.from_env({})
-        assert names == ResourceNames()
-        assert names.queue.endswith(".fifo")
-        assert names.dlq.endswith(".fifo")
+HOST_VAR = "OFFPATH_TEST_HOST"
+PORT_VAR = "OFFPATH_TEST_PORT"
+METRICS_PORT_VAR = "OFFPATH_TEST_METRICS_PORT"
 
-    def test_reads_every_name(self) -> None:
-        """Each of the three names comes from its own variable."""
-        names = ResourceNames.from_env(
-            {ENV_QUEUE_NAME: "q", ENV_DLQ_NAME: "q-dlq", ENV_TABLE_NAME: "t"}
+
+def _server(env: dict[str, str]) -> ServerSettings:
+    return ServerSettings.from_env(
+        env,
+        host_var=HOST_VAR,
+        port_var=PORT_VAR,
+        metrics_port_var=METRICS_PORT_VAR,
+        default_host="127.0.0.1",
+        default_port=50000,
+        default_metrics_port=9000,
+    )
+
+
+class TestServerSettings:
+    def test_defaults(self) -> None:
+        """With nothing set, the defaults given by the service apply, plus the shared ones."""
+        assert _server({}) == ServerSettings(
+            host="127.0.0.1", port=50000, metrics_port=9000, grace_s=5.0, log_level="info"
         )
-        assert names == ResourceNames(queue="q", dlq="q-dlq", table="t")
+
+    def test_reads_the_services_own_variables_and_the_shared_ones(self) -> None:
+        """Host and ports come from the variables the service names; grace and log level from
+        the variables every service shares."""
+        settings = _server(
+            {
+                HOST_VAR: "0.0.0.0",
+                PORT_VAR: "6000",
+                METRICS_PORT_VAR: "0",
+                ENV_SHUTDOWN_GRACE_S: "2.5",
+                ENV_LOG_LEVEL: "DEBUG",
+            }
+        )
+        assert settings == ServerSettings(
+            host="0.0.0.0", port=6000, metrics_port=0, grace_s=2.5, log_level="debug"
+        )
 
     @pytest.mark.parametrize(
-        "env",
+        ("name", "raw"),
         [
-            {ENV_QUEUE_NAME: "events"},
-            {ENV_DLQ_NAME: "events-dlq"},
-            {ENV_QUEUE_NAME: "events", ENV_DLQ_NAME: "events-dlq.fifo"},
+            (PORT_VAR, "65536"),
+            (PORT_VAR, "-1"),
+            (PORT_VAR, "http"),
+            (METRICS_PORT_VAR, "70000"),
+            (ENV_SHUTDOWN_GRACE_S, "301"),
+            (ENV_SHUTDOWN_GRACE_S, "-1"),
+            (ENV_LOG_LEVEL, "verbose"),
         ],
-        ids=["standard-queue-fifo-dlq", "fifo-queue-standard-dlq", "both-set"],
     )
-    def test_fifo_mismatch(self, env: dict[str, str]) -> None:
-        """A FIFO queue with a standard DLQ (or the reverse) fails, naming both variables."""
-        with pytest.raises(SettingsError) as info:
-            ResourceNames.from_env(env)
-        assert ENV_QUEUE_NAME in str(info.value)
-        assert ENV_DLQ_NAME in str(info.value)
+    def test_bad_values_name_the_variable(self, name: str, raw: str) -> None:
+        """A bad or out-of-range value fails with the variable's name in the message."""
+        with pytest.raises(SettingsError, match=rf"^{name}="):
+            _server({name: raw})
 
 
 class TestEmitterSettingsFromEnv:
@@ -243,10 +251,19 @@ class TestEmitterSettingsFromEnv:
         with pytest.raises(SettingsError, match=ENV_PRODUCER_ID):
             EmitterSettings.from_env({ENV_PRODUCER_ID: producer})
 
-    def test_fifo_mismatch_propagates(self) -> None:
-        """The queue/DLQ FIFO mismatch is caught when the emitter settings are built."""
-        with pytest.raises(SettingsError, match=ENV_DLQ_NAME):
-            EmitterSettings.from_env({ENV_QUEUE_NAME: "events"})
+    @pytest.mark.parametrize(
+        "env",
+        [
+            {ENV_QUEUE_NAME: "events"},
+            {ENV_QUEUE_NAME: "events", ENV_DLQ_NAME: "events-dlq.fifo"},
+            {ENV_DLQ_NAME: "not-even-fifo"},
+        ],
+        ids=["queue-only", "mismatched-dlq", "dlq-only"],
+    )
+    def test_the_dlq_name_is_not_the_producers_business(self, env: dict[str, str]) -> None:
+        """A producer reads the queue's name only: no DLQ setting can stop it from starting."""
+        settings = EmitterSettings.from_env(env)
+        assert settings.queue_name == env.get(ENV_QUEUE_NAME, "offpath-events.fifo")
 
 
 class TestSanitizeProducerId:
@@ -258,3 +275,134 @@ class TestSanitizeProducerId:
     def test_empty_becomes_a_placeholder(self) -> None:
         """An empty id (say, an empty host name) still yields a usable group id."""
         assert sanitize_producer_id("") == "producer"
+
+
+class TestQuerySettings:
+    def test_defaults(self) -> None:
+        """With nothing set, QueryService listens where its clients look for it."""
+        settings = QuerySettings.from_env({})
+        assert settings.server == ServerSettings(
+            host=defaults.HOST, port=defaults.QUERY_PORT, metrics_port=defaults.QUERY_METRICS_PORT
+        )
+        assert settings.log_level == settings.server.log_level == "info"
+        assert settings.analytics == "background"
+        assert settings.catalog_path is None
+        assert settings.emitter == EmitterSettings.from_env({})
+
+    def test_reads_its_own_server_variables_only(self) -> None:
+        """Query's host and ports come from OFFPATH_QUERY_*; AnalyticsIngest's are ignored."""
+        settings = QuerySettings.from_env(
+            {
+                query.ENV_HOST: "0.0.0.0",
+                query.ENV_PORT: "7001",
+                query.ENV_METRICS_PORT: "7002",
+                ingest.ENV_PORT: "1",
+                ENV_SHUTDOWN_GRACE_S: "1.5",
+                ENV_LOG_LEVEL: "warning",
+            }
+        )
+        assert settings.server == ServerSettings(
+            host="0.0.0.0", port=7001, metrics_port=7002, grace_s=1.5, log_level="warning"
+        )
+        assert settings.log_level == "warning"
+
+    def test_queue_name_alone_starts_the_service(self) -> None:
+        """Regression: OFFPATH_SQS_QUEUE_NAME=events alone (a standard queue, so a DLQ name
+        that would not match the default) is enough to start QueryService."""
+        settings = QuerySettings.from_env({ENV_QUEUE_NAME: "events"})
+        assert settings.emitter.queue_name == "events"
+
+    def test_a_mismatched_dlq_does_not_stop_the_producer(self) -> None:
+        """QueryService never uses the DLQ, so an explicit FIFO/standard mismatch there does
+        not stop it (it stops AnalyticsIngest)."""
+        env = {ENV_QUEUE_NAME: "events", ENV_DLQ_NAME: "events-dlq.fifo"}
+        assert QuerySettings.from_env(env).emitter.queue_name == "events"
+
+    def test_bad_analytics_mode_names_the_variable(self) -> None:
+        """An unknown analytics mode fails with the variable's name and the choices."""
+        with pytest.raises(SettingsError, match=rf"^{query.ENV_ANALYTICS}=.*background"):
+            QuerySettings.from_env({query.ENV_ANALYTICS: "sometimes"})
+
+
+class TestIngestSettings:
+    def test_defaults(self) -> None:
+        """With nothing set, AnalyticsIngest listens on its own defaults and reads the default
+        FIFO queue, DLQ and table."""
+        settings = IngestSettings.from_env({})
+        assert settings.server == ServerSettings(
+            host=defaults.HOST,
+            port=defaults.INGEST_PORT,
+            metrics_port=defaults.INGEST_METRICS_PORT,
+        )
+        assert settings.log_level == "info"
+        assert settings.queues == QueueNames()
+        assert settings.table == ingest.DEFAULT_TABLE_NAME
+        assert (settings.queue_url, settings.dlq_url) == (None, None)
+        assert (settings.wait_s, settings.retention_days, settings.time_shards) == (10, 30, 4)
+
+    def test_reads_every_variable(self) -> None:
+        """Each variable reaches its field; server fields sit under ``.server``."""
+        settings = IngestSettings.from_env(
+            {
+                ingest.ENV_HOST: "0.0.0.0",
+                ingest.ENV_PORT: "7101",
+                ingest.ENV_METRICS_PORT: "7102",
+                query.ENV_PORT: "1",
+                ENV_SHUTDOWN_GRACE_S: "0",
+                ENV_LOG_LEVEL: "error",
+                ingest.ENV_WAIT_S: "0",
+                ingest.ENV_RETENTION_DAYS: "7",
+                ingest.ENV_TIME_SHARDS: "8",
+                ingest.ENV_TABLE_NAME: "events-table",
+                ENV_QUEUE_NAME: "q",
+                ENV_DLQ_NAME: "q-dead",
+                ENV_QUEUE_URL: "http://localhost:4566/000000000000/q",
+                ENV_DLQ_URL: "http://localhost:4566/000000000000/q-dead",
+            }
+        )
+        assert settings == IngestSettings(
+            server=ServerSettings(
+                host="0.0.0.0", port=7101, metrics_port=7102, grace_s=0.0, log_level="error"
+            ),
+            wait_s=0,
+            retention_days=7,
+            time_shards=8,
+            queues=QueueNames(queue="q", dlq="q-dead"),
+            table="events-table",
+            queue_url="http://localhost:4566/000000000000/q",
+            dlq_url="http://localhost:4566/000000000000/q-dead",
+        )
+
+    def test_queue_name_alone_derives_the_dlq(self) -> None:
+        """Regression: OFFPATH_SQS_QUEUE_NAME=events alone starts AnalyticsIngest too, with
+        the DLQ named events-dlq."""
+        settings = IngestSettings.from_env({ENV_QUEUE_NAME: "events"})
+        assert settings.queues == QueueNames(queue="events", dlq="events-dlq")
+
+    @pytest.mark.parametrize(
+        "env",
+        [
+            {ENV_QUEUE_NAME: "events", ENV_DLQ_NAME: "events-dlq.fifo"},
+            {ENV_QUEUE_NAME: "events.fifo", ENV_DLQ_NAME: "events-dlq"},
+        ],
+        ids=["standard-queue-fifo-dlq", "fifo-queue-standard-dlq"],
+    )
+    def test_explicit_fifo_mismatch_fails(self, env: dict[str, str]) -> None:
+        """The consumer, which does use the DLQ, refuses a FIFO/standard mismatch set
+        explicitly, naming both variables."""
+        with pytest.raises(SettingsError, match=ENV_DLQ_NAME) as info:
+            IngestSettings.from_env(env)
+        assert ENV_QUEUE_NAME in str(info.value)
+
+    @pytest.mark.parametrize(
+        ("name", "raw"),
+        [
+            (ingest.ENV_WAIT_S, "21"),
+            (ingest.ENV_RETENTION_DAYS, "0"),
+            (ingest.ENV_TIME_SHARDS, "65"),
+        ],
+    )
+    def test_bad_values_name_the_variable(self, name: str, raw: str) -> None:
+        """A bad or out-of-range value fails start-up with the variable's name in the message."""
+        with pytest.raises(SettingsError, match=rf"^{name}="):
+            IngestSettings.from_env({name: raw})

@@ -234,6 +234,11 @@ class DevStack:
         )
         child.pump_thread.start()
         if not child.ready.wait(self._timeout) or child.port is None:
+            if child.ready.is_set():
+                # Woken because its output ended, a moment before the process
+                # can be reaped: give its exit code that moment.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(5)
             code = process.poll()
             what = (
                 f"exited with code {code} while starting"

@@ -14,9 +14,10 @@ the runtime code declares (``EventTableClient``, ...), no cast needed.
 
 from __future__ import annotations
 
+import operator
 import re
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Unpack, cast
@@ -51,6 +52,13 @@ _SORT_CONDITION = re.compile(
 )
 _BEGINS_WITH = re.compile(r"^\s*begins_with\(\s*(?P<name>[#\w]+)\s*,\s*(?P<value>:\w+)\s*\)\s*$")
 _PARTITION_CONDITION = re.compile(r"^\s*(?P<name>[#\w]+)\s*=\s*(?P<value>:\w+)\s*$")
+_COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
+    "=": operator.eq,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
 
 
 def _scalar(value: Mapping[str, Any]) -> Any:
@@ -355,21 +363,22 @@ class FakeDynamoDb:
             )
         wanted = value_of(head["value"])
 
-        def sort_ok(item: Item) -> bool:
-            if len(parts) == 1:
-                return True
+        # The sort condition is checked once, before any item is looked at, as
+        # DynamoDB validates an expression whether or not anything matches.
+        sort_ok: Callable[[Any], bool] = lambda _actual: True  # noqa: E731
+        if len(parts) == 2:
             if sort is None:
                 raise client_error("ValidationException", "The table has no sort key", "Query")
-            actual = _scalar(item[sort])
             begins = _BEGINS_WITH.match(parts[1])
-            if begins is not None:
-                return str(actual).startswith(str(value_of(begins["value"])))
             rule = _SORT_CONDITION.match(parts[1])
-            if rule is None or name_of(rule["name"]) != sort:
+            if begins is not None and name_of(begins["name"]) == sort:
+                prefix = str(value_of(begins["value"]))
+                sort_ok = lambda actual: str(actual).startswith(prefix)  # noqa: E731
+            elif rule is None or name_of(rule["name"]) != sort:
                 raise client_error(
                     "ValidationException", f"Invalid KeyConditionExpression: {condition}", "Query"
                 )
-            if rule["op"] is None:
+            elif rule["op"] is None:
                 low, high = value_of(rule["low"]), value_of(rule["high"])
                 if low > high:
                     raise client_error(
@@ -378,17 +387,10 @@ class FakeDynamoDb:
                         "bound to be greater than or equal to lower bound",
                         "Query",
                     )
-                return bool(low <= actual <= high)
-            other = value_of(rule["value"])
-            return bool(
-                {
-                    "=": actual == other,
-                    "<": actual < other,
-                    "<=": actual <= other,
-                    ">": actual > other,
-                    ">=": actual >= other,
-                }[rule["op"]]
-            )
+                sort_ok = lambda actual: bool(low <= actual <= high)  # noqa: E731
+            else:
+                other, compare = value_of(rule["value"]), _COMPARISONS[rule["op"]]
+                sort_ok = lambda actual: compare(actual, other)  # noqa: E731
 
         return [
             item
@@ -396,7 +398,7 @@ class FakeDynamoDb:
             if partition in item
             and _scalar(item[partition]) == wanted
             and (sort is None or sort in item)
-            and sort_ok(item)
+            and (sort is None or sort_ok(_scalar(item[sort])))
         ]
 
     @staticmethod

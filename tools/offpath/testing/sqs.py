@@ -116,8 +116,8 @@ class FakeSqs:
         self._now += seconds
 
     def add_queue(self, name: str, **attributes: str) -> str:
-        """Create a queue directly; returns its URL."""
-        return self.create_queue(QueueName=name, Attributes=cast(Any, attributes))["QueueUrl"]
+        """Create a queue as set-up, without a journal entry; returns its URL."""
+        return self._create(name, attributes)
 
     def queue(self, name_or_url: str) -> FakeQueue:
         for queue in self.queues.values():
@@ -135,8 +135,11 @@ class FakeSqs:
         scripted = self.journal.record("create_queue", kwargs)
         if scripted is not None:
             return cast("CreateQueueResultTypeDef", scripted)
-        name = kwargs["QueueName"]
         attributes = {str(k): v for k, v in kwargs.get("Attributes", {}).items()}
+        url = self._create(kwargs["QueueName"], attributes)
+        return {"QueueUrl": url, "ResponseMetadata": response_metadata()}
+
+    def _create(self, name: str, attributes: dict[str, str]) -> str:
         url = f"https://sqs.{_REGION}.amazonaws.com/{_ACCOUNT}/{name}"
         existing = self.queues.get(url)
         if existing is not None:
@@ -156,7 +159,7 @@ class FakeSqs:
             )
         else:
             self.queues[url] = FakeQueue(name, url, attributes)
-        return {"QueueUrl": url, "ResponseMetadata": response_metadata()}
+        return url
 
     def get_queue_url(
         self, **kwargs: Unpack[GetQueueUrlRequestTypeDef]

@@ -131,6 +131,7 @@ class Emitter:
         )
         log.info(
             "emitter_started",
+            queue=self._settings.queue_url or self._settings.queue_name,
             linger_s=self._settings.linger_s,
             max_queue=self._settings.max_queue_size,
             events_per_message=self._settings.events_per_message,

@@ -46,13 +46,18 @@ def resolve_range(
     """[start, end) in ns: end defaults to now, start to end minus 24 hours."""
     end_ns = end.ToNanoseconds() if end is not None else now_ns
     start_ns = start.ToNanoseconds() if start is not None else end_ns - _DEFAULT_RANGE_NS
+    check_range(start_ns, end_ns)
+    return start_ns, end_ns
+
+
+def check_range(start_ns: int, end_ns: int) -> None:
+    """Raise :class:`BadRequest` unless [start, end) is a range we serve."""
     if start_ns >= end_ns:
         raise BadRequest("start_time must be before end_time")
     if end_ns - start_ns > _MAX_RANGE_NS:
         raise BadRequest(f"the time range spans more than {MAX_RANGE_DAYS} days; narrow it")
     if start_ns < 0:
         raise BadRequest("start_time must not be before 1970")
-    return start_ns, end_ns
 
 
 def request_range(
@@ -131,6 +136,14 @@ class IngestServicer(ingest_pb2_grpc.AnalyticsIngestServicer):
                 ) or (request.HasField("end_time") and request.end_time.ToNanoseconds() != end_ns)
                 if given or token_newest != newest_first:
                     raise BadRequest("page_token belongs to a request with other fields")
+                # A token is not trusted: its range and cursor are checked as
+                # a request's would be (and before any DynamoDB call).
+                try:
+                    check_range(start_ns, end_ns)
+                except BadRequest:
+                    raise BadRequest("page_token is not one this service issued") from None
+                if not EventStore.cursor_fits(start_ns, end_ns, cursor):
+                    raise BadRequest("page_token is not one this service issued")
             else:
                 start_ns, end_ns = request_range(request)
         except BadRequest as exc:

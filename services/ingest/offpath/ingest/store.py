@@ -162,15 +162,18 @@ class EventStore:
         batch_id: str,
         ingested_ns: int,
     ) -> dict[str, Any]:
-        """The DynamoDB item for one validated event."""
+        """The DynamoDB item for one validated event. The key is the id in
+        canonical (lower-case) form, as GetEvent looks it up: a producer that
+        writes UUIDs in upper case is still found (the payload keeps its text)."""
         occurred = event.occurred_at.ToNanoseconds()
+        event_id = event.event_id.lower()
         processing_ms = (
             event.processing_time.seconds * 1000 + event.processing_time.nanos / 1_000_000
         )
         return {
-            TABLE_KEY: {"S": event.event_id},
-            TIME_PARTITION: {"S": self.bucket(event.event_id, occurred)},
-            TIME_SORT: {"S": f"{iso_ns(occurred)}#{event.event_id}"},
+            TABLE_KEY: {"S": event_id},
+            TIME_PARTITION: {"S": self.bucket(event_id, occurred)},
+            TIME_SORT: {"S": f"{iso_ns(occurred)}#{event_id}"},
             "occurred_at": {"S": iso_ns(occurred)},
             "service": {"S": event.service},
             "method": {"S": event.method},
@@ -301,10 +304,12 @@ class EventStore:
         cursor: str | None = None,
     ) -> tuple[list[StoredEvent], str | None]:
         """Events with start <= occurred_at < end, ordered by time; returns
-        the page and the cursor for the next one (None at the end)."""
-        low = f"{iso_ns(start_ns)}#"
-        high = f"{iso_ns(end_ns - 1)}#~"  # '~' sorts after every id character
+        the page and the cursor for the next one (None at the end). A cursor
+        must come from a page of the same range (:meth:`cursor_fits`)."""
+        low, high = _sort_bounds(start_ns, end_ns)
         if cursor is not None:
+            if not self.cursor_fits(start_ns, end_ns, cursor):
+                raise ValueError(f"cursor {cursor[:80]!r} is outside the range")
             if newest_first:
                 high = min(high, cursor)
             else:
@@ -336,10 +341,17 @@ class EventStore:
         next_cursor = page[-1][TIME_SORT]["S"] if more and page else None
         return [_stored(item) for item in page], next_cursor
 
+    @staticmethod
+    def cursor_fits(start_ns: int, end_ns: int, cursor: str) -> bool:
+        """Whether ``cursor`` can be the end of a page of [start, end): a sort
+        key inside the range's bounds. No I/O: a forged page token is refused
+        before it reaches DynamoDB."""
+        low, high = _sort_bounds(start_ns, end_ns)
+        return low <= cursor <= high
+
     def summary(self, start_ns: int, end_ns: int) -> Summary:
         """Totals over [start, end), read from the time index."""
-        low = f"{iso_ns(start_ns)}#"
-        high = f"{iso_ns(end_ns - 1)}#~"
+        low, high = _sort_bounds(start_ns, end_ns)
         count = errors = 0
         total_ms = 0.0
         skills: dict[str, int] = {}
@@ -362,6 +374,12 @@ class EventStore:
                         skills[name] = skills.get(name, 0) + 1
         top = sorted(skills.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
         return Summary(count, errors, top, total_ms / count if count else 0.0)
+
+
+def _sort_bounds(start_ns: int, end_ns: int) -> tuple[str, str]:
+    """The time index's sort-key bounds of [start, end)."""
+    # '~' sorts after every character of an id.
+    return f"{iso_ns(start_ns)}#", f"{iso_ns(end_ns - 1)}#~"
 
 
 def _stored(item: dict[str, Any]) -> StoredEvent:

@@ -30,13 +30,18 @@ def on_signals(
     except RuntimeError:
         loop = None
     if loop is not None:
+        # remove_signal_handler resets to the default, not to what was there
+        # (asyncio.run's own SIGINT handler, say): put that back by hand.
+        before = {sig: signal.getsignal(sig) for sig in wanted}
         for sig in wanted:
             loop.add_signal_handler(sig, handler, sig)
         try:
             yield
         finally:
-            for sig in wanted:
+            for sig, disposition in before.items():
                 loop.remove_signal_handler(sig)
+                if disposition is not None:
+                    signal.signal(sig, disposition)
         return
     previous = {
         sig: signal.signal(sig, lambda signum, _frame: handler(signal.Signals(signum)))

@@ -1,4 +1,4 @@
-"""Unit tests for offpath.emitter.batcher.Emitter (with a fake sink) and EventRecord."""
+"""Unit tests for offpath.emitter.emitter.Emitter (over a fake sink) and EventRecord."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from offpath.emitter import Emitter, EmitterSettings, EventRecord, ExportResult
 from offpath.v1 import analytics_pb2
@@ -21,10 +22,17 @@ class FakeSink:
     """An EventSink that records what it is given, and on which thread.
 
     ``fail_calls`` makes the next n exports raise; ``gate`` makes exports wait
-    until it is set (a backend that hangs).
+    until it is set (a backend that hangs). ``prepare_error`` makes prepare
+    raise it; ``prepare_gate`` makes prepare wait until it is set.
     """
 
-    def __init__(self, *, gate: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        gate: threading.Event | None = None,
+        prepare_gate: threading.Event | None = None,
+        prepare_error: Exception | None = None,
+    ) -> None:
         self.batches: list[list[analytics_pb2.AnalyticsEvent]] = []
         self.threads: set[int] = set()
         self.deadlines: list[float] = []
@@ -33,11 +41,21 @@ class FakeSink:
         self.gate = gate
         self.entered = threading.Event()
         self.returned = threading.Event()
-        self.closed = 0
+        self.prepare_gate = prepare_gate
+        self.prepare_error = prepare_error
+        self.prepare_threads: list[int] = []
+        self.prepared = threading.Event()
+        self.close_threads: list[int] = []
+        self.close_called = threading.Event()
+        self.order: list[str] = []  # "export" and "close", as they finished
 
     @property
     def events(self) -> list[analytics_pb2.AnalyticsEvent]:
         return [event for batch in self.batches for event in batch]
+
+    @property
+    def closed(self) -> int:
+        return len(self.close_threads)
 
     def export(
         self, events: Sequence[analytics_pb2.AnalyticsEvent], deadline: float
@@ -55,10 +73,29 @@ class FakeSink:
             self.batches.append(list(events))
             return ExportResult(sent=len(events), requests=1)
         finally:
+            self.order.append("export")
             self.returned.set()
 
+    def prepare(self) -> None:
+        self.prepare_threads.append(threading.get_ident())
+        try:
+            if self.prepare_gate is not None:
+                self.prepare_gate.wait(_GATE_TIMEOUT_S)
+            if self.prepare_error is not None:
+                raise self.prepare_error
+        finally:
+            self.prepared.set()
+
     def close(self) -> None:
-        self.closed += 1
+        self.close_threads.append(threading.get_ident())
+        self.order.append("close")
+        self.close_called.set()
+
+    def release(self) -> None:
+        """Unblock whatever waits on a gate."""
+        for gate in (self.gate, self.prepare_gate):
+            if gate is not None:
+                gate.set()
 
 
 def _settings(**overrides: Any) -> EmitterSettings:
@@ -103,13 +140,19 @@ MakeEmitter = Callable[..., tuple[Emitter, FakeSink]]
 
 @pytest.fixture
 async def make_emitter() -> AsyncIterator[MakeEmitter]:
-    """Builds emitters over fake sinks; shuts every one down (and unblocks its sink) after."""
+    """Builds emitters over fake sinks; shuts every one down (and unblocks its sink) after,
+    and waits until each sink is closed, so no sender thread outlives its test."""
     made: list[tuple[Emitter, FakeSink]] = []
 
     def make(
-        *, start: bool = True, gate: threading.Event | None = None, **overrides: Any
+        *,
+        start: bool = True,
+        gate: threading.Event | None = None,
+        prepare_gate: threading.Event | None = None,
+        prepare_error: Exception | None = None,
+        **overrides: Any,
     ) -> tuple[Emitter, FakeSink]:
-        sink = FakeSink(gate=gate)
+        sink = FakeSink(gate=gate, prepare_gate=prepare_gate, prepare_error=prepare_error)
         emitter = Emitter(sink, _settings(**overrides))
         if start:
             emitter.start()
@@ -118,9 +161,10 @@ async def make_emitter() -> AsyncIterator[MakeEmitter]:
 
     yield make
     for emitter, sink in made:
-        if sink.gate is not None:
-            sink.gate.set()
+        sink.release()
         await emitter.shutdown(timeout=1.0)
+    for _, sink in made:
+        await _eventually(sink.close_called.is_set, timeout=_GATE_TIMEOUT_S + 1.0)
 
 
 class TestEmit:
@@ -177,6 +221,17 @@ class TestEmit:
         assert emitter.stats.dropped["shutdown"] == 2
         assert emitter.stats.emitted == 2
         assert sink.batches == []
+
+    async def test_records_reach_the_sink_as_protobuf_with_the_producer_id(
+        self, make_emitter: MakeEmitter
+    ) -> None:
+        """What the sink receives is each record's wire form, stamped with the producer id."""
+        emitter, sink = make_emitter(producer_id="pod-7")
+        records = [_record(i, query=f"q{i}") for i in range(3)]
+        for record in records:
+            emitter.emit(record)
+        await emitter.shutdown()
+        assert sink.events == [record.to_proto("pod-7") for record in records]
 
 
 class TestFlushing:
@@ -266,6 +321,68 @@ class TestFlushing:
         await emitter.shutdown()
 
 
+class TestPrepare:
+    async def test_prepare_warms_the_sink_up_on_the_sender_thread(
+        self, make_emitter: MakeEmitter
+    ) -> None:
+        """prepare returns True once the sink's prepare ran, on the thread that later exports."""
+        emitter, sink = make_emitter(linger_s=5.0)
+        assert await emitter.prepare(timeout=_GATE_TIMEOUT_S) is True
+        assert len(sink.prepare_threads) == 1
+        emitter.emit(_record(1))
+        await emitter.force_flush()
+        assert sink.threads == set(sink.prepare_threads)
+        assert threading.get_ident() not in sink.threads
+        await emitter.shutdown()
+
+    async def test_failed_prepare_returns_false_logs_and_serving_goes_on(
+        self, make_emitter: MakeEmitter
+    ) -> None:
+        """A sink whose prepare raises makes prepare return False with the error logged;
+        events emitted afterwards are still sent."""
+        emitter, sink = make_emitter(linger_s=5.0, prepare_error=RuntimeError("no queue"))
+        with capture_logs() as logs:
+            assert await emitter.prepare(timeout=_GATE_TIMEOUT_S) is False
+        warnings = [entry for entry in logs if entry["event"] == "emitter_warm_up_failed"]
+        assert len(warnings) == 1
+        assert warnings[0]["log_level"] == "warning"
+        assert warnings[0]["error"] == "RuntimeError: no queue"
+        assert emitter.emit(_record(1))
+        await emitter.force_flush()
+        assert [e.event_id for e in sink.events] == [_record(1).event_id]
+        stats = await emitter.shutdown()
+        assert stats.sent == 1
+        assert sum(stats.dropped.values()) == 0
+
+    async def test_slow_prepare_returns_false_at_the_timeout(
+        self, make_emitter: MakeEmitter
+    ) -> None:
+        """A prepare that outlasts its timeout returns False in about the timeout, logged as a
+        timeout; events emitted meanwhile are sent once the sink is free."""
+        prepare_gate = threading.Event()
+        emitter, sink = make_emitter(linger_s=5.0, prepare_gate=prepare_gate)
+        started = time.monotonic()
+        with capture_logs() as logs:
+            assert await emitter.prepare(timeout=0.1) is False
+        assert time.monotonic() - started < _GATE_TIMEOUT_S - 1.0  # not held by the sink
+        errors = [entry["error"] for entry in logs if entry["event"] == "emitter_warm_up_failed"]
+        assert len(errors) == 1
+        assert errors[0].startswith("TimeoutError")
+        assert emitter.emit(_record(1))
+        prepare_gate.set()
+        await asyncio.wait_for(emitter.force_flush(), timeout=_GATE_TIMEOUT_S)
+        assert [e.event_id for e in sink.events] == [_record(1).event_id]
+        await emitter.shutdown()
+
+    async def test_prepare_before_start_is_refused(self, make_emitter: MakeEmitter) -> None:
+        """prepare needs the sender thread, so it raises before start instead of hanging."""
+        emitter, sink = make_emitter(start=False)
+        with pytest.raises(RuntimeError, match="not started"):
+            await emitter.prepare(timeout=1.0)
+        assert sink.prepare_threads == []
+        await emitter.shutdown()
+
+
 class TestShutdown:
     async def test_shutdown_drains_the_buffer(self, make_emitter: MakeEmitter) -> None:
         """Shutdown exports everything buffered, without waiting out a long linger."""
@@ -278,6 +395,28 @@ class TestShutdown:
         assert len(sink.events) == 7
         assert stats.sent == 7
         assert sum(stats.dropped.values()) == 0
+
+    async def test_sink_is_closed_on_the_sender_thread_after_the_drain(
+        self, make_emitter: MakeEmitter
+    ) -> None:
+        """Shutdown closes the sink once, on the thread that exported, after the last export."""
+        emitter, sink = make_emitter(linger_s=5.0)
+        emitter.emit(_record(1))
+        await emitter.shutdown()
+        await _eventually(sink.close_called.is_set)
+        assert sink.close_threads == list(sink.threads)
+        assert threading.get_ident() not in sink.close_threads
+        assert sink.order == ["export", "close"]
+        assert len(sink.events) == 1
+
+    async def test_sink_of_an_emitter_never_started_is_closed_without_a_thread(
+        self, make_emitter: MakeEmitter
+    ) -> None:
+        """An emitter never started closes its sink once, right away, on the caller's thread."""
+        emitter, sink = make_emitter(start=False)
+        await emitter.shutdown()
+        assert sink.close_threads == [threading.get_ident()]
+        await emitter.shutdown()
         assert sink.closed == 1
 
     async def test_shutdown_twice_is_safe(self, make_emitter: MakeEmitter) -> None:
@@ -289,6 +428,7 @@ class TestShutdown:
         third = await emitter.shutdown()
         assert first.sent == second.sent == third.sent == 3
         assert len(sink.events) == 3
+        await _eventually(sink.close_called.is_set)
         assert sink.closed == 1
 
     async def test_shutdown_bounds_the_sinks_deadline(self, make_emitter: MakeEmitter) -> None:
@@ -318,9 +458,11 @@ class TestShutdown:
         assert 0.15 <= elapsed < 3.0  # the sink would hang until released
         assert stats.dropped["shutdown_unsent"] == 7
         assert stats.sent == 0
-        # The late answer from the worker must not be counted a second time.
+        assert not sink.close_called.is_set()  # queued behind the stuck export
+        # The late answer from the sender must not be counted a second time.
         gate.set()
-        await _eventually(sink.returned.is_set)
+        await _eventually(sink.close_called.is_set)
+        assert sink.order == ["export", "close"]
         await asyncio.sleep(0.02)
         assert emitter.stats.sent == 0
         assert _accounted(emitter) == emitter.stats.emitted == 7
@@ -341,7 +483,7 @@ class TestShutdown:
         await _eventually(sink.returned.is_set)
 
     async def test_shutdown_without_start(self, make_emitter: MakeEmitter) -> None:
-        """An emitter never started counts what it buffered as unsent and closes the sink."""
+        """An emitter never started counts what it buffered as unsent and sends nothing."""
         emitter, sink = make_emitter(start=False)
         emitter.emit(_record(1))
         emitter.emit(_record(2))

@@ -1,0 +1,315 @@
+"""Unit tests for offpath.query.servicer.QueryServicer on an in-process grpc.aio server on
+loopback, with a real Emitter over a fake EventSink (or no emitter): the answer, the
+analytics event it records, and the status codes, messages and event ids of failures."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+import pytest
+
+from offpath.emitter import Emitter, EmitterSettings, ExportResult
+from offpath.kit.ids import is_uuid
+from offpath.query.engine import Match, SkillIndex
+from offpath.query.generator import Generated, Generator, TemplateGenerator, count_tokens
+from offpath.query.servicer import (
+    EVENT_ID_METADATA,
+    MAX_QUERY_CHARS,
+    MAX_TOP_K,
+    METHOD,
+    SERVICE_NAME,
+    QueryServicer,
+)
+from offpath.v1 import analytics_pb2, query_pb2, query_pb2_grpc
+
+PRODUCER = "query-test-1"
+TIMEOUT_S = 5.0  # generous: events normally arrive within milliseconds
+SECRET = "secret-internal-detail"
+
+
+class RecordingSink:
+    """An EventSink that keeps every event it is given (on the emitter's sender thread)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: list[analytics_pb2.AnalyticsEvent] = []
+        self.prepared = 0
+        self.closed = 0
+
+    @property
+    def events(self) -> list[analytics_pb2.AnalyticsEvent]:
+        with self._lock:
+            return list(self._events)
+
+    def export(
+        self, events: Sequence[analytics_pb2.AnalyticsEvent], deadline: float
+    ) -> ExportResult:
+        with self._lock:
+            self._events.extend(events)
+        return ExportResult(sent=len(events), requests=1)
+
+    def prepare(self) -> None:
+        self.prepared += 1
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+class FailingGenerator:
+    """A Generator whose every call raises, with text that must not reach the client."""
+
+    @property
+    def model(self) -> str:
+        return "failing-v1"
+
+    def generate(self, query: str, matches: Sequence[Match]) -> Generated:
+        raise RuntimeError(SECRET)
+
+
+@dataclass
+class Service:
+    """A served QueryServicer, a client stub, and (unless disabled) the emitter and sink."""
+
+    stub: query_pb2_grpc.QueryServiceAsyncStub
+    emitter: Emitter | None
+    sink: RecordingSink
+
+    async def recorded(self, count: int) -> list[analytics_pb2.AnalyticsEvent]:
+        """The events emitted so far, as the sink received them, once there are ``count``.
+
+        An aborted RPC's status reaches the client before its handler's ``finally`` (where
+        the event is emitted) has run, so the flush is repeated until the event is there.
+        """
+        assert self.emitter is not None
+        deadline = time.monotonic() + TIMEOUT_S
+        while True:
+            await self.emitter.force_flush()
+            events = self.sink.events
+            if len(events) >= count or time.monotonic() > deadline:
+                return events
+            await asyncio.sleep(0.005)
+
+
+Serve = Callable[..., Awaitable[Service]]
+
+
+@pytest.fixture(scope="module")
+def index() -> SkillIndex:
+    return SkillIndex.default()
+
+
+@pytest.fixture
+async def serve(index: SkillIndex) -> AsyncIterator[Serve]:
+    """Starts QueryServicers on 127.0.0.1:<free port>; closes channels, stops servers and
+    shuts emitters down afterwards."""
+    started: list[tuple[grpc.aio.Server, grpc.aio.Channel, Emitter | None]] = []
+
+    async def start(*, generator: Generator | None = None, emit: bool = True) -> Service:
+        sink = RecordingSink()
+        emitter: Emitter | None = None
+        if emit:
+            # A long linger: events leave only when the test flushes.
+            emitter = Emitter(sink, EmitterSettings(producer_id=PRODUCER, linger_s=60.0))
+            emitter.start()
+        servicer = QueryServicer(index, generator or TemplateGenerator(), emitter)
+        server = grpc.aio.server()
+        query_pb2_grpc.add_QueryServiceServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        assert port > 0
+        await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        started.append((server, channel, emitter))
+        return Service(query_pb2_grpc.QueryServiceStub(channel), emitter, sink)
+
+    yield start
+    for server, channel, emitter in started:
+        await channel.close(None)
+        await server.stop(None)
+        if emitter is not None:
+            await emitter.shutdown(timeout=5.0)
+
+
+async def _error(call: Awaitable[object]) -> grpc.aio.AioRpcError:
+    """The error an awaited call ended with (the test fails if it succeeded)."""
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    return info.value
+
+
+def _trailing_event_id(error: grpc.aio.AioRpcError) -> str:
+    """The one offpath-event-id in the error's trailing metadata."""
+    # grpc-stubs type it as grpc.Call's tuple; grpc.aio returns its Metadata.
+    metadata: object = error.trailing_metadata()
+    assert isinstance(metadata, grpc.aio.Metadata)
+    (value,) = metadata.get_all(EVENT_ID_METADATA)
+    assert isinstance(value, str)
+    return value
+
+
+class TestAnswer:
+    async def test_answer_carries_skills_model_tokens_and_event_id(self, serve: Serve) -> None:
+        """A question about a skill in the CV is answered with that skill matched, the
+        template model, the answer's token count, its processing time and a UUID event id."""
+        service = await serve()
+        response = await service.stub.Query(
+            query_pb2.QueryRequest(query="Does she know Kubernetes?", top_k=3)
+        )
+        names = [skill.name for skill in response.matched_skills]
+        assert names[0] == "Kubernetes"
+        assert 1 <= len(names) <= 3
+        scores = [skill.score for skill in response.matched_skills]
+        assert scores == sorted(scores, reverse=True)
+        assert all(0.0 < score <= 1.0 for score in scores)
+        assert "Kubernetes" in response.answer
+        assert response.model == TemplateGenerator.MODEL
+        assert response.token_count == count_tokens(response.answer) > 0
+        assert response.processing_time.ToNanoseconds() > 0
+        assert is_uuid(response.event_id)
+
+    async def test_top_k_unset_or_zero_means_three(self, serve: Serve) -> None:
+        """Without top_k (or with 0) at most three skills are matched; a larger top_k
+        matches more."""
+        service = await serve()
+        query = "python go rust typescript sql bash java"
+        unset = await service.stub.Query(query_pb2.QueryRequest(query=query))
+        zero = await service.stub.Query(query_pb2.QueryRequest(query=query, top_k=0))
+        seven = await service.stub.Query(query_pb2.QueryRequest(query=query, top_k=7))
+        assert len(unset.matched_skills) == len(zero.matched_skills) == 3
+        assert len(seven.matched_skills) > 3
+
+    async def test_event_records_what_was_answered(self, serve: Serve) -> None:
+        """The emitted event has the response's id, the trimmed query, status 0, the matched
+        skills, model and tokens, the service and method names and the producer."""
+        service = await serve()
+        before = time.time_ns()
+        response = await service.stub.Query(
+            query_pb2.QueryRequest(query="  Which databases has she run?  ", top_k=5)
+        )
+        after = time.time_ns()
+        (event,) = await service.recorded(1)
+        assert event.event_id == response.event_id
+        assert event.query == "Which databases has she run?"
+        assert event.status_code == grpc.StatusCode.OK.value[0] == 0
+        assert list(event.matched_skills) == list(response.matched_skills)
+        assert event.model == response.model
+        assert event.token_count == response.token_count
+        assert event.service == SERVICE_NAME == "offpath.v1.QueryService"
+        assert event.method == METHOD == "/offpath.v1.QueryService/Query"
+        assert event.producer_id == PRODUCER
+        assert before <= event.occurred_at.ToNanoseconds() <= after
+        assert event.processing_time.ToNanoseconds() >= response.processing_time.ToNanoseconds()
+
+    async def test_one_event_per_query(self, serve: Serve) -> None:
+        """Every query, answered or not, records exactly one event with its own id."""
+        service = await serve()
+        ok = [
+            await service.stub.Query(query_pb2.QueryRequest(query=f"terraform {i}"))
+            for i in range(3)
+        ]
+        await _error(service.stub.Query(query_pb2.QueryRequest(query="")))
+        events = await service.recorded(4)
+        assert len(events) == 4
+        assert len({event.event_id for event in events}) == 4
+        assert [event.event_id for event in events[:3]] == [r.event_id for r in ok]
+
+    async def test_answers_without_an_emitter(self, serve: Serve) -> None:
+        """With analytics off (no emitter) queries are still answered, with an event id."""
+        service = await serve(emit=False)
+        response = await service.stub.Query(query_pb2.QueryRequest(query="Terraform?"))
+        assert response.answer
+        assert is_uuid(response.event_id)
+        assert service.sink.events == []
+
+    async def test_invalid_request_without_an_emitter(self, serve: Serve) -> None:
+        """With no emitter, a bad request is still rejected with its event id."""
+        service = await serve(emit=False)
+        error = await _error(service.stub.Query(query_pb2.QueryRequest(query=" ")))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert is_uuid(_trailing_event_id(error))
+
+
+class TestInvalidArgument:
+    @pytest.mark.parametrize(
+        ("query", "top_k", "message"),
+        [
+            ("", None, "query must not be empty"),
+            ("  \t\n ", None, "query must not be empty"),
+            ("x" * (MAX_QUERY_CHARS + 1), None, f"at most {MAX_QUERY_CHARS} are allowed"),
+            ("python", MAX_TOP_K + 1, f"top_k is {MAX_TOP_K + 1}; it must be between 1 and"),
+            ("python", -1, "top_k is -1; it must be between 1 and"),
+        ],
+        ids=["empty", "blank", "too-long", "top-k-too-big", "top-k-negative"],
+    )
+    async def test_rejected_with_message_event_id_and_event(
+        self, serve: Serve, query: str, top_k: int | None, message: str
+    ) -> None:
+        """A bad request gets INVALID_ARGUMENT with a message saying what to change, the
+        event id in trailing metadata, and an event recorded with status 3."""
+        service = await serve()
+        request = query_pb2.QueryRequest(query=query)
+        if top_k is not None:
+            request.top_k = top_k
+        error = await _error(service.stub.Query(request))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert message in (error.details() or "")
+        event_id = _trailing_event_id(error)
+        (event,) = await service.recorded(1)
+        assert event.event_id == event_id
+        assert event.status_code == grpc.StatusCode.INVALID_ARGUMENT.value[0] == 3
+        assert event.query == query.strip()
+        assert list(event.matched_skills) == []
+        assert (event.model, event.token_count) == ("", 0)
+
+    async def test_longest_query_is_accepted(self, serve: Serve) -> None:
+        """A query of exactly the maximum length (after trimming) is answered."""
+        service = await serve()
+        query = ("kubernetes " * MAX_QUERY_CHARS)[:MAX_QUERY_CHARS]
+        response = await service.stub.Query(query_pb2.QueryRequest(query=f"  {query}  "))
+        assert response.event_id
+        (event,) = await service.recorded(1)
+        assert event.status_code == 0
+
+
+class TestInternalError:
+    async def test_generator_failure_is_internal_with_event_id(self, serve: Serve) -> None:
+        """A generator that raises gives INTERNAL whose message names the event id (also in
+        trailing metadata) and no traceback or exception text; the event has status 13."""
+        service = await serve(generator=FailingGenerator())
+        error = await _error(service.stub.Query(query_pb2.QueryRequest(query="Python?")))
+        assert error.code() == grpc.StatusCode.INTERNAL
+        event_id = _trailing_event_id(error)
+        assert error.details() == f"internal error (event {event_id})"
+        details = error.details() or ""
+        assert "Traceback" not in details
+        assert SECRET not in details
+        assert "RuntimeError" not in details
+        (event,) = await service.recorded(1)
+        assert event.event_id == event_id
+        assert event.status_code == grpc.StatusCode.INTERNAL.value[0] == 13
+        assert event.query == "Python?"
+
+    async def test_server_keeps_serving_after_a_failure(self, serve: Serve) -> None:
+        """A failed query does not break the service: the next one fails the same way, each
+        with its own event."""
+        service = await serve(generator=FailingGenerator())
+        first = await _error(service.stub.Query(query_pb2.QueryRequest(query="Go?")))
+        second = await _error(service.stub.Query(query_pb2.QueryRequest(query="Go?")))
+        assert first.code() == second.code() == grpc.StatusCode.INTERNAL
+        assert _trailing_event_id(first) != _trailing_event_id(second)
+        assert [event.status_code for event in await service.recorded(2)] == [13, 13]
+
+
+async def test_emitter_drains_on_shutdown(serve: Serve) -> None:
+    """Events buffered when the emitter shuts down are handed to the sink, not lost."""
+    service = await serve()
+    await service.stub.Query(query_pb2.QueryRequest(query="Helm?"))
+    assert service.emitter is not None
+    assert service.sink.events == []  # still buffered: the linger is long
+    stats = await asyncio.wait_for(service.emitter.shutdown(timeout=5.0), timeout=10.0)
+    assert stats.sent == 1
+    assert len(service.sink.events) == 1
