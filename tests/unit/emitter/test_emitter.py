@@ -13,6 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from offpath.emitter import Emitter, EmitterSettings, EventRecord, ExportResult
+from offpath.testing.waits import eventually
 from offpath.v1 import analytics_pb2
 
 _GATE_TIMEOUT_S = 5.0
@@ -122,14 +123,6 @@ def _record(i: int = 0, **overrides: Any) -> EventRecord:
     return EventRecord(**fields)
 
 
-async def _eventually(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.002)
-
-
 def _accounted(emitter: Emitter) -> int:
     stats = emitter.stats
     return stats.sent + sum(stats.dropped.values())
@@ -164,7 +157,7 @@ async def make_emitter() -> AsyncIterator[MakeEmitter]:
         sink.release()
         await emitter.shutdown(timeout=1.0)
     for _, sink in made:
-        await _eventually(sink.close_called.is_set, timeout=_GATE_TIMEOUT_S + 1.0)
+        await eventually(sink.close_called.is_set, timeout=_GATE_TIMEOUT_S + 1.0)
 
 
 class TestEmit:
@@ -175,7 +168,7 @@ class TestEmit:
         gate = threading.Event()
         emitter, sink = make_emitter(gate=gate)
         assert emitter.emit(_record(0))
-        await _eventually(sink.entered.is_set)  # the sink is now stuck in export
+        await eventually(sink.entered.is_set)  # the sink is now stuck in export
         started = time.perf_counter()
         results = [emitter.emit(_record(i)) for i in range(1, 101)]
         elapsed = time.perf_counter() - started
@@ -242,7 +235,7 @@ class TestFlushing:
         emitter.emit(_record(1))
         await asyncio.sleep(0.05)
         assert sink.batches == []
-        await _eventually(lambda: len(sink.events) == 1)
+        await eventually(lambda: len(sink.events) == 1)
         assert sink.called_at[0] - emitted_at < 2.0
         assert emitter.stats.sent == 1
         await emitter.shutdown()
@@ -258,7 +251,7 @@ class TestFlushing:
         assert sink.batches == []  # one short of a full batch: still lingering
         started = time.monotonic()
         emitter.emit(_record(19))
-        await _eventually(lambda: len(sink.batches) == 1, timeout=3.0)
+        await eventually(lambda: len(sink.batches) == 1, timeout=3.0)
         assert time.monotonic() - started < 3.0
         assert len(sink.batches[0]) == 20
         await emitter.shutdown()
@@ -271,7 +264,7 @@ class TestFlushing:
         for i in range(45):
             emitter.emit(_record(i))
         emitter.start()
-        await _eventually(lambda: len(sink.events) == 45)
+        await eventually(lambda: len(sink.events) == 45)
         assert [len(batch) for batch in sink.batches] == [20, 20, 5]
         assert [e.event_id for e in sink.events] == [_record(i).event_id for i in range(45)]
         await emitter.shutdown()
@@ -293,10 +286,10 @@ class TestFlushing:
         sink.fail_calls = 1
         for i in range(3):
             emitter.emit(_record(i))
-        await _eventually(lambda: emitter.stats.dropped["export_error"] == 3)
+        await eventually(lambda: emitter.stats.dropped["export_error"] == 3)
         for i in range(3, 5):
             emitter.emit(_record(i))
-        await _eventually(lambda: emitter.stats.sent == 2)
+        await eventually(lambda: emitter.stats.sent == 2)
         assert [e.event_id for e in sink.events] == [_record(3).event_id, _record(4).event_id]
         await emitter.shutdown()
         assert emitter.stats.dropped["export_error"] == 3
@@ -309,14 +302,14 @@ class TestFlushing:
         gate = threading.Event()
         emitter, sink = make_emitter(gate=gate, linger_s=0.3)
         emitter.emit(_record(0))
-        await _eventually(sink.entered.is_set)  # first export in flight, held
+        await eventually(sink.entered.is_set)  # first export in flight, held
         for i in range(1, 6):
             emitter.emit(_record(i))
         gate.set()
-        await _eventually(lambda: len(sink.batches) == 1)
+        await eventually(lambda: len(sink.batches) == 1)
         await asyncio.sleep(0.1)  # well inside the next linger
         assert len(sink.batches) == 1
-        await _eventually(lambda: len(sink.batches) == 2)
+        await eventually(lambda: len(sink.batches) == 2)
         assert len(sink.batches[1]) == 5
         await emitter.shutdown()
 
@@ -403,7 +396,7 @@ class TestShutdown:
         emitter, sink = make_emitter(linger_s=5.0)
         emitter.emit(_record(1))
         await emitter.shutdown()
-        await _eventually(sink.close_called.is_set)
+        await eventually(sink.close_called.is_set)
         assert sink.close_threads == list(sink.threads)
         assert threading.get_ident() not in sink.close_threads
         assert sink.order == ["export", "close"]
@@ -428,7 +421,7 @@ class TestShutdown:
         third = await emitter.shutdown()
         assert first.sent == second.sent == third.sent == 3
         assert len(sink.events) == 3
-        await _eventually(sink.close_called.is_set)
+        await eventually(sink.close_called.is_set)
         assert sink.closed == 1
 
     async def test_shutdown_bounds_the_sinks_deadline(self, make_emitter: MakeEmitter) -> None:
@@ -449,7 +442,7 @@ class TestShutdown:
         emitter, sink = make_emitter(gate=gate, drain_timeout_s=0.2)
         for i in range(4):
             emitter.emit(_record(i))
-        await _eventually(sink.entered.is_set)
+        await eventually(sink.entered.is_set)
         for i in range(4, 7):
             emitter.emit(_record(i))  # buffered behind the stuck export
         started = time.monotonic()
@@ -461,7 +454,7 @@ class TestShutdown:
         assert not sink.close_called.is_set()  # queued behind the stuck export
         # The late answer from the sender must not be counted a second time.
         gate.set()
-        await _eventually(sink.close_called.is_set)
+        await eventually(sink.close_called.is_set)
         assert sink.order == ["export", "close"]
         await asyncio.sleep(0.02)
         assert emitter.stats.sent == 0
@@ -474,13 +467,13 @@ class TestShutdown:
         gate = threading.Event()
         emitter, sink = make_emitter(gate=gate, drain_timeout_s=30.0)
         emitter.emit(_record(1))
-        await _eventually(sink.entered.is_set)
+        await eventually(sink.entered.is_set)
         started = time.monotonic()
         stats = await emitter.shutdown(timeout=0.1)
         assert time.monotonic() - started < 3.0  # vs the 30 s setting
         assert stats.dropped["shutdown_unsent"] == 1
         gate.set()
-        await _eventually(sink.returned.is_set)
+        await eventually(sink.returned.is_set)
 
     async def test_shutdown_without_start(self, make_emitter: MakeEmitter) -> None:
         """An emitter never started counts what it buffered as unsent and sends nothing."""
@@ -512,7 +505,7 @@ class TestStats:
             calls += 1
         sink.fail_calls = 1
         emitter.start()
-        await _eventually(lambda: emitter.stats.dropped["export_error"] == 10)
+        await eventually(lambda: emitter.stats.dropped["export_error"] == 10)
         for i in range(15, 25):  # fits the buffer again
             accepted += emitter.emit(_record(i))
             calls += 1

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -17,6 +16,7 @@ from structlog.testing import capture_logs
 
 from offpath.emitter import EventRecord, ExportResult
 from offpath.emitter.sender import Sender, SenderThread
+from offpath.testing.waits import eventually, wait_until
 from offpath.v1 import analytics_pb2
 
 _WAIT_S = 5.0
@@ -89,22 +89,6 @@ def _record(i: int = 0, **overrides: Any) -> EventRecord:
     return EventRecord(**fields)
 
 
-def _wait_until(predicate: Callable[[], bool], timeout: float = _WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.002)
-
-
-async def _eventually(predicate: Callable[[], bool], timeout: float = _WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.002)
-
-
 def _alive(name: str) -> bool:
     return any(thread.name == name for thread in threading.enumerate())
 
@@ -124,7 +108,7 @@ def channel() -> Iterator[Channel]:
     made = Channel(RecordingSink())
     yield made
     made.thread.close()
-    _wait_until(lambda: not _alive(made.name))
+    wait_until(lambda: not _alive(made.name))
 
 
 class TestSender:
@@ -252,20 +236,20 @@ class TestSenderThread:
         try:
             first = made.thread.export([_record(0)], deadline=0.0)
             second = made.thread.export([_record(1)], deadline=0.0)
-            await _eventually(made.sink.entered.is_set)
+            await eventually(made.sink.entered.is_set)
             made.thread.close()
             assert not made.sink.closed.is_set()  # the exports come first
             gate.set()
             results = await asyncio.wait_for(asyncio.gather(first, second), _WAIT_S)
             assert [r.sent for r in results] == [1, 1]
-            await _eventually(lambda: not _alive(made.name))
+            await eventually(lambda: not _alive(made.name))
             assert made.sink.operations == ["export", "export", "close"]
             assert len(made.sink.threads) == 1
             assert threading.get_ident() not in made.sink.threads
         finally:
             gate.set()
             made.thread.close()  # a second close (after the first) is never read: harmless
-            await _eventually(lambda: not _alive(made.name))
+            await eventually(lambda: not _alive(made.name))
 
     async def test_futures_resolve_on_the_submitting_loop(self) -> None:
         """Each future belongs to the loop that submitted it and is completed on that loop's
@@ -292,7 +276,7 @@ class TestSenderThread:
         finally:
             gate.set()
             made.thread.close()
-            await _eventually(lambda: not _alive(made.name))
+            await eventually(lambda: not _alive(made.name))
             loop.set_debug(debug)
 
     async def test_a_cancelled_future_is_left_alone(self, channel: Channel) -> None:
@@ -317,7 +301,7 @@ class TestSenderThread:
         finally:
             gate.set()
             made.thread.close()
-            await _eventually(lambda: not _alive(made.name))
+            await eventually(lambda: not _alive(made.name))
             loop.set_exception_handler(previous)
 
     def test_a_call_whose_loop_is_gone_does_not_stop_the_thread(self) -> None:
@@ -346,4 +330,4 @@ class TestSenderThread:
         finally:
             gate.set()
             made.thread.close()
-            _wait_until(lambda: not _alive(made.name))
+            wait_until(lambda: not _alive(made.name))

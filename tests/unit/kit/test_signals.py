@@ -9,12 +9,13 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from types import FrameType
 
 import pytest
 
 from offpath.kit.signals import on_signals, stop_on_signals
+from offpath.testing.waits import eventually
 
 _WAIT_S = 5.0
 _TOUCHED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -54,14 +55,6 @@ def previous() -> Recorder:
     return recorder
 
 
-async def _eventually(predicate: Callable[[], bool], timeout: float = _WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.002)
-
-
 def _kill(sig: signal.Signals) -> None:
     os.kill(os.getpid(), sig)
 
@@ -89,7 +82,7 @@ class TestInsideALoop:
             _kill(signal.SIGTERM)
             await asyncio.wait_for(stop.wait(), _WAIT_S)
             _kill(signal.SIGINT)
-            await _eventually(lambda: len(received) == 2)
+            await eventually(lambda: len(received) == 2)
         assert received == ["SIGTERM", "SIGINT"]
         assert previous.received == []
 
@@ -102,7 +95,7 @@ class TestInsideALoop:
         assert _installed(signal.SIGTERM) is previous
         assert _installed(signal.SIGINT) is previous
         _kill(signal.SIGTERM)
-        await _eventually(lambda: previous.received == [signal.SIGTERM])
+        await eventually(lambda: previous.received == [signal.SIGTERM])
         assert not stop.is_set()
 
     async def test_asyncio_run_sigint_handler_is_put_back(self) -> None:
@@ -128,7 +121,7 @@ class TestInsideALoop:
         with on_signals(lambda sig: calls.append((sig, asyncio.get_running_loop()))):
             _kill(signal.SIGINT)
             assert calls == []  # not yet: nothing has yielded to the loop
-            await _eventually(lambda: len(calls) == 1)
+            await eventually(lambda: len(calls) == 1)
         assert calls == [(signal.SIGINT, loop)]
         assert previous.received == []
 
