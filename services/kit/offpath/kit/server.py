@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from offpath.kit.logs import configure_logging
+from offpath.kit.looplag import LoopLagMonitor
 from offpath.kit.settings import ServerSettings, SettingsError, environ
 from offpath.kit.signals import stop_on_signals
 
@@ -52,6 +53,7 @@ async def serve(
     *,
     service_names: Sequence[str],
     add_servicers: Callable[[grpc.aio.Server], None],
+    interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
     on_started: ServerHook | None = None,
     on_stopped: ServerHook | None = None,
     stop_event: asyncio.Event | None = None,
@@ -60,10 +62,11 @@ async def serve(
 
     ``service_names`` are the full names of the business services; health
     and reflection are added here. Port 0 binds a free port; the bound port
-    is logged as ``server_started`` (tests read it from there).
+    is logged as ``server_started`` (tests read it from there). The event
+    loop's lag is sampled while serving and logged as ``loop_lag`` at the end.
     """
     host, port, grace_s = settings.host, settings.port, settings.grace_s
-    server = grpc.aio.server(options=server_options())
+    server = grpc.aio.server(interceptors=interceptors, options=server_options())
     add_servicers(server)
     # grpc_health exposes its asyncio servicer as `health.aio`, untyped.
     health = health_module.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -85,12 +88,17 @@ async def serve(
         raise StartupError(f"cannot bind gRPC port {address}")
     await server.start()
     stop = stop_event or asyncio.Event()
+    lag = (
+        LoopLagMonitor(settings.loop_lag_sample_ms / 1000) if settings.loop_lag_sample_ms else None
+    )
     try:
         with stop_on_signals(stop) as received:
             if on_started is not None:
                 await on_started()
             for name in ("", *service_names):
                 await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            if lag is not None:
+                lag.start()
             log.info(
                 "server_started",
                 host=host,
@@ -100,6 +108,8 @@ async def serve(
             )
             await stop.wait()
             log.info("shutdown_started", signal=received[0] if received else None, grace_s=grace_s)
+            if lag is not None:
+                log.info("loop_lag", **(await lag.stop()).as_dict())
             await health.enter_graceful_shutdown()
             await server.stop(grace_s)
             log.info("server_stopped")

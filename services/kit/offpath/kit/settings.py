@@ -15,9 +15,12 @@ from typing import Final
 
 ENV_SHUTDOWN_GRACE_S: Final = "OFFPATH_SHUTDOWN_GRACE_S"
 ENV_LOG_LEVEL: Final = "OFFPATH_LOG_LEVEL"
+ENV_LOOP_LAG_SAMPLE_MS: Final = "OFFPATH_LOOP_LAG_SAMPLE_MS"
 
 _DEFAULT_SHUTDOWN_GRACE_S = 5.0
 _DEFAULT_LOG_LEVEL = "info"
+# Ten cheap timer wake-ups a second; 0 turns the sampling off.
+_DEFAULT_LOOP_LAG_SAMPLE_MS = 100
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
 
@@ -117,14 +120,16 @@ def environ() -> Mapping[str, str]:
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     """What every offpath gRPC service is configured with: where it listens
-    (gRPC and Prometheus), how long in-flight RPCs get at shutdown, and how
-    much it logs. Each service names its own host and port variables."""
+    (gRPC and Prometheus), how long in-flight RPCs get at shutdown, how much
+    it logs, and how often it samples its event loop's lag. Each service
+    names its own host and port variables."""
 
     host: str
     port: int
     metrics_port: int
     grace_s: float = _DEFAULT_SHUTDOWN_GRACE_S
     log_level: str = _DEFAULT_LOG_LEVEL
+    loop_lag_sample_ms: int = _DEFAULT_LOOP_LAG_SAMPLE_MS
 
     @classmethod
     def from_env(
@@ -148,4 +153,11 @@ class ServerSettings:
                 env, ENV_SHUTDOWN_GRACE_S, _DEFAULT_SHUTDOWN_GRACE_S, minimum=0, maximum=300
             ),
             log_level=env_choice(env, ENV_LOG_LEVEL, _DEFAULT_LOG_LEVEL, LOG_LEVELS),
+            loop_lag_sample_ms=env_int(
+                env,
+                ENV_LOOP_LAG_SAMPLE_MS,
+                _DEFAULT_LOOP_LAG_SAMPLE_MS,
+                minimum=0,
+                maximum=60_000,
+            ),
         )
