@@ -28,6 +28,7 @@ from offpath.emitter.record import EventRecord
 from offpath.emitter.sender import Sender, SenderThread
 from offpath.emitter.settings import EmitterSettings
 from offpath.emitter.sink import EventSink
+from offpath.emitter.sqs import SqsSink
 
 log = structlog.get_logger("offpath.emitter")
 
@@ -89,6 +90,12 @@ class Emitter:
         self._sender: SenderThread | None = None
         self._shutdown_done: asyncio.Future[None] | None = None
         self._reported_drops: Counter[str] = Counter()
+
+    @classmethod
+    def from_settings(cls, settings: EmitterSettings) -> Emitter:
+        """The emitter the settings describe, sending to the SQS queue they
+        name (region, credentials and endpoint from the standard AWS chain)."""
+        return cls(SqsSink(settings), settings)
 
     # -- the request path -------------------------------------------------
 

@@ -9,7 +9,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from offpath.kit.settings import SettingsError, env_float, env_int, env_optional_str
+from offpath.kit.settings import SettingsError, env_choice, env_float, env_int, env_optional_str
 from offpath.kit.sqs import DEFAULT_QUEUE_NAME, ENV_QUEUE_URL, queue_name_from_env
 
 ENV_LINGER_MS = "OFFPATH_EMIT_LINGER_MS"
@@ -19,6 +19,7 @@ ENV_MAX_MESSAGE_BYTES = "OFFPATH_SQS_MAX_MESSAGE_BYTES"
 ENV_RETRY_DEADLINE_S = "OFFPATH_EMIT_RETRY_DEADLINE_S"
 ENV_DRAIN_TIMEOUT_S = "OFFPATH_EMIT_DRAIN_TIMEOUT_S"
 ENV_PRODUCER_ID = "OFFPATH_PRODUCER_ID"
+ENV_SENDER = "OFFPATH_EMIT_SENDER"
 
 # One send a second keeps SQS calls (and their ~3.5 ms of CPU each on the
 # serving process) rare enough not to show in Query p99; freshness stays
@@ -30,6 +31,10 @@ _DEFAULT_EVENTS_PER_MESSAGE = 500
 _DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
 _DEFAULT_RETRY_DEADLINE_S = 30.0
 _DEFAULT_DRAIN_TIMEOUT_S = 10.0
+# Where the batching, encoding and AWS calls run: a thread of the serving
+# process, or (later) a sender process of its own.
+SENDERS = ("thread",)
+_DEFAULT_SENDER = "thread"
 # SendMessageBatch takes at most 10 entries.
 MESSAGES_PER_CALL = 10
 
@@ -59,6 +64,7 @@ class EmitterSettings:
     max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES
     retry_deadline_s: float = _DEFAULT_RETRY_DEADLINE_S
     drain_timeout_s: float = _DEFAULT_DRAIN_TIMEOUT_S
+    sender: str = _DEFAULT_SENDER
 
     @property
     def max_export_batch(self) -> int:
@@ -99,4 +105,5 @@ class EmitterSettings:
             drain_timeout_s=env_float(
                 env, ENV_DRAIN_TIMEOUT_S, _DEFAULT_DRAIN_TIMEOUT_S, minimum=0, maximum=3600
             ),
+            sender=env_choice(env, ENV_SENDER, _DEFAULT_SENDER, SENDERS),
         )
