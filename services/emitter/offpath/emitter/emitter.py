@@ -138,6 +138,7 @@ class Emitter:
         )
         log.info(
             "emitter_started",
+            sender="thread",
             queue=self._settings.queue_url or self._settings.queue_name,
             linger_s=self._settings.linger_s,
             max_queue=self._settings.max_queue_size,
@@ -213,7 +214,14 @@ class Emitter:
             # Never started: no thread ever used the sink.
             Sender(self._sink, self._settings.producer_id).close()
         self._report_drops()
-        log.info("emitter_stopped", **self._stats.as_dict())
+        log.info(
+            "emitter_stopped",
+            sender="thread",
+            sender_burst_max_us=(
+                round(self._sender.burst_max_ns / 1000, 1) if self._sender is not None else None
+            ),
+            **self._stats.as_dict(),
+        )
 
     # -- the flusher --------------------------------------------------------
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from offpath.emitter.emitter import Emitter
+from offpath.emitter.base import EventEmitter
 from offpath.kit.metrics import Sample
 
 
-def emitter_samples(emitter: Emitter) -> list[Sample]:
+def emitter_samples(emitter: EventEmitter) -> list[Sample]:
     """Every emitted event is enqueued or dropped; every enqueued one is
     eventually sent or dropped: the counters add up."""
     stats = emitter.stats

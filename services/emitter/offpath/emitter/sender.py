@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import queue
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ import structlog
 
 from offpath.emitter.record import EventRecord
 from offpath.emitter.sink import EventSink, ExportResult
+from offpath.v1 import analytics_pb2
 
 log = structlog.get_logger("offpath.emitter")
 
@@ -60,14 +62,24 @@ class Sender:
         try:
             producer = self._producer_id
             events = [record.to_proto(producer) for record in records]
-            result = self._sink.export(events, deadline)
         except Exception:
             log.exception("emitter_export_failed", events=len(records))
             return ExportResult(dropped=Counter({"export_error": len(records)}))
+        return self.export_events(events, deadline)
+
+    def export_events(
+        self, events: Sequence[analytics_pb2.AnalyticsEvent], deadline: float
+    ) -> ExportResult:
+        """Send events already in their wire form, with the same accounting."""
+        try:
+            result = self._sink.export(events, deadline)
+        except Exception:
+            log.exception("emitter_export_failed", events=len(events))
+            return ExportResult(dropped=Counter({"export_error": len(events)}))
         accounted = result.sent + sum(result.dropped.values())
-        if accounted != len(records):
+        if accounted != len(events):
             # A sink that loses track would make the counters lie; say so.
-            log.error("emitter_sink_miscount", events=len(records), accounted=accounted)
+            log.error("emitter_sink_miscount", events=len(events), accounted=accounted)
         return result
 
     def prepare(self) -> None:
@@ -97,6 +109,9 @@ class SenderThread:
         self._sender = sender
         self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        # The longest CPU burst of one call on the thread (written there, read
+        # for the shutdown log: an int, so no lock is needed).
+        self.burst_max_ns = 0
         self._thread.start()
 
     # -- called on the event loop --------------------------------------------
@@ -130,10 +145,12 @@ class SenderThread:
                 return
             result: Any = None
             error: BaseException | None = None
+            started = time.thread_time_ns()
             try:
                 result = request.call()
             except BaseException as exc:  # handed to the awaiting side
                 error = exc
+            self.burst_max_ns = max(self.burst_max_ns, time.thread_time_ns() - started)
             if request.loop is None or request.future is None:
                 continue
             # RuntimeError: the loop closed while we worked; nobody is waiting.

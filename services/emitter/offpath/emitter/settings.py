@@ -31,10 +31,11 @@ _DEFAULT_EVENTS_PER_MESSAGE = 500
 _DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
 _DEFAULT_RETRY_DEADLINE_S = 30.0
 _DEFAULT_DRAIN_TIMEOUT_S = 10.0
-# Where the batching, encoding and AWS calls run: a thread of the serving
-# process, or (later) a sender process of its own.
-SENDERS = ("thread",)
-_DEFAULT_SENDER = "thread"
+# Where the batching, encoding and AWS calls run: a sender process of its
+# own (events leave the serving process at emit time), or a thread of the
+# serving process (events wait in its memory until the flush).
+SENDERS = ("process", "thread")
+_DEFAULT_SENDER = "process"
 # SendMessageBatch takes at most 10 entries.
 MESSAGES_PER_CALL = 10
 
