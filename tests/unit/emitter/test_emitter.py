@@ -534,6 +534,8 @@ class TestStats:
             "requests": 0,
             "retries": 0,
             "dropped": {},
+            "spooled": 0,
+            "replayed": 0,
         }
         await emitter.shutdown()
 

@@ -28,11 +28,13 @@ class FileSink:
         delay_s: float = 0.0,
         fail_prepare: bool = False,
         ignore_deadline: bool = False,
+        down: bool = False,
     ) -> None:
         self._path = path
         self._delay_s = delay_s
         self._fail_prepare = fail_prepare
         self._ignore_deadline = ignore_deadline
+        self._down = down
 
     def _line(self, record: dict[str, object]) -> None:
         with self._path.open("a", encoding="utf-8") as stream:
@@ -47,15 +49,23 @@ class FileSink:
         would end after ``deadline`` gives up there and drops the batch as
         ``send_failed`` (as SqsSink does), unless told to ignore deadlines
         (a backend call that hangs)."""
+        ids = [event.event_id for event in events]
+        if self._down:
+            self._line({"kind": "gave_up", "ids": ids})
+            return ExportResult(
+                dropped=Counter({"send_failed": len(events)}), requests=1, unsent=list(events)
+            )
         if self._delay_s:
             left = deadline - time.monotonic()
             if self._ignore_deadline or self._delay_s <= left:
                 time.sleep(self._delay_s)
             else:
                 time.sleep(max(0.0, left))
-                self._line({"kind": "gave_up", "ids": [event.event_id for event in events]})
-                return ExportResult(dropped=Counter({"send_failed": len(events)}), requests=1)
-        self._line({"kind": "batch", "ids": [event.event_id for event in events]})
+                self._line({"kind": "gave_up", "ids": ids})
+                return ExportResult(
+                    dropped=Counter({"send_failed": len(events)}), requests=1, unsent=list(events)
+                )
+        self._line({"kind": "batch", "ids": ids})
         return ExportResult(sent=len(events), requests=1)
 
     def prepare(self) -> None:
@@ -68,17 +78,24 @@ class FileSink:
 
 
 def sink_arg(
-    path: Path, *, delay_s: float = 0.0, fail_prepare: bool = False, ignore_deadline: bool = False
+    path: Path,
+    *,
+    delay_s: float = 0.0,
+    fail_prepare: bool = False,
+    ignore_deadline: bool = False,
+    down: bool = False,
 ) -> str:
     """The sink argument for :func:`file_sink`: where to write, how long each
     export takes (a slow backend), whether prepare fails, whether an export
-    overruns its deadline (a hung backend call)."""
+    overruns its deadline (a hung backend call), whether every send fails (a
+    backend that is down)."""
     return json.dumps(
         {
             "path": str(path),
             "delay_s": delay_s,
             "fail_prepare": fail_prepare,
             "ignore_deadline": ignore_deadline,
+            "down": down,
         }
     )
 
@@ -91,6 +108,7 @@ def file_sink(settings: EmitterSettings, arg: str) -> FileSink:
         delay_s=float(options["delay_s"]),
         fail_prepare=bool(options["fail_prepare"]),
         ignore_deadline=bool(options["ignore_deadline"]),
+        down=bool(options["down"]),
     )
 
 

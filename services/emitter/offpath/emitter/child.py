@@ -31,6 +31,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -40,6 +41,7 @@ from offpath.emitter.record import EventRecord
 from offpath.emitter.sender import Sender
 from offpath.emitter.settings import EmitterSettings
 from offpath.emitter.sink import EventSink, ExportResult
+from offpath.emitter.spool import Spool
 from offpath.kit.logs import configure_logging
 from offpath.v1 import analytics_pb2
 
@@ -78,6 +80,15 @@ class _Counters:
     requests: int = 0
     retries: int = 0
     dropped: Counter[str] = dataclasses.field(default_factory=Counter)
+    # The spool's: events parked on disk, events adopted from dead senders'
+    # WALs, events sent from the spool (enqueued by an earlier sender or
+    # process, so outside this process's enqueued/sent/dropped), damaged
+    # spool files, and spooled events given up on when replayed.
+    spooled: int = 0
+    recovered: int = 0
+    replayed: int = 0
+    replay_dropped: int = 0
+    spool_corrupt: int = 0
     burst_max_ns: int = 0
 
     def add(self, result: ExportResult) -> None:
@@ -111,16 +122,30 @@ class SenderProcess:
         self._flush_requested: int | None = None
         self._reported_at = 0.0
         self._reported_received = -1
+        self._spool = (
+            Spool(Path(settings.spool_dir), max_bytes=settings.spool_max_bytes)
+            if settings.spool_dir
+            else None
+        )
+        self._replay_due = True
 
     def run(self) -> None:
         self._prepare()
+        if self._spool is not None:
+            self._counters.recovered = self._spool.adopt_orphans()
+            if self._counters.recovered:
+                log.warning("spool_recovered", events=self._counters.recovered)
         reader = FrameReader()
         eof = False
         while not eof or self._batch:
             if not eof:
                 eof = self._read(reader)
+            if self._spool is not None:
+                self._spool.sync()
             if self._batch and (eof or self._due()):
                 self._export()
+            elif self._replay_due and not eof and self._spool is not None:
+                self._replay_one()
             if self._flush_requested is not None and not self._batch:
                 self._report(flushed=self._flush_requested)
                 self._flush_requested = None
@@ -134,6 +159,8 @@ class SenderProcess:
             # A torn last frame: the serving process died mid-write.
             self._counters.dropped["torn_frame"] += 1
             log.error("sender_torn_frame", bytes=reader.partial)
+        if self._spool is not None:
+            self._spool.close()
         self._sender.close()
         cpu = os.times()
         log.info(
@@ -143,6 +170,8 @@ class SenderProcess:
             sent=self._counters.sent,
             requests=self._counters.requests,
             dropped=dict(self._counters.dropped),
+            spooled=self._counters.spooled,
+            replayed=self._counters.replayed,
             burst_max_us=round(self._counters.burst_max_ns / 1000, 1),
             cpu_s=round(cpu.user + cpu.system, 3),
         )
@@ -171,7 +200,11 @@ class SenderProcess:
             return 0.0
         if not self._batch:
             return _REPORT_EVERY_S
-        return max(0.0, self._first_at + self._settings.linger_s - self._clock())
+        wait = max(0.0, self._first_at + self._settings.linger_s - self._clock())
+        if self._spool is not None and self._spool.unsynced:
+            # The fsync point must not wait for the linger.
+            wait = min(wait, self._spool.sync_every_s)
+        return wait
 
     def _read(self, reader: FrameReader) -> bool:
         """Take what the pipe holds (waiting at most until a batch is due);
@@ -206,10 +239,14 @@ class SenderProcess:
                     self._first_at = self._clock()
                 self._counters.received += 1
                 try:
-                    self._batch.append(message.to_proto(producer))
+                    event = message.to_proto(producer)
                 except Exception:
                     log.exception("emitter_export_failed", events=1)
                     self._counters.dropped["export_error"] += 1
+                    continue
+                self._batch.append(event)
+                if self._spool is not None:
+                    self._spool.log(event)
             else:
                 self._control(message)
         self._note_burst(started)
@@ -228,8 +265,61 @@ class SenderProcess:
             deadline = min(deadline, self._drain_deadline)
         started = time.thread_time_ns()
         result = self._sender.export_events(batch, deadline)
+        if self._spool is not None:
+            self._park(result)
+            self._spool.batch_done()  # every event of it is sent, dropped or parked
         self._note_burst(started)
         self._counters.add(result)
+        if result.sent and not result.dropped["send_failed"]:
+            self._replay_due = True  # the backend answers: time to empty the spool
+        self._report()
+
+    def _park(self, result: ExportResult) -> None:
+        """Move what could not be sent from send_failed to the spool."""
+        assert self._spool is not None
+        if not result.unsent:
+            return
+        parked, refused = self._spool.park(result.unsent)
+        result.dropped["send_failed"] -= parked + refused
+        if refused:
+            result.dropped["spool_full"] += refused
+            log.error("spool_full", refused=refused, max_bytes=self._settings.spool_max_bytes)
+        result.dropped += Counter()  # drop zero counts
+        self._counters.spooled += parked
+        if parked:
+            log.warning("events_spooled", events=parked)
+
+    def _replay_one(self) -> None:
+        """Send the oldest spool file, if any; stop replaying until the next
+        successful send when the backend still fails."""
+        assert self._spool is not None
+        path = self._spool.oldest()
+        if path is None:
+            self._replay_due = False
+            return
+        started = time.thread_time_ns()
+        back = self._spool.take(path)
+        if back.corrupt:
+            self._counters.spool_corrupt += 1
+        result = (
+            self._sender.export_events(back.events, self._clock() + self._settings.retry_deadline_s)
+            if back.events
+            else ExportResult()
+        )
+        self._counters.replayed += result.sent
+        self._counters.requests += result.requests
+        self._counters.retries += result.retries
+        failed = result.dropped["send_failed"]
+        self._counters.replay_dropped += sum(result.dropped.values()) - failed
+        if failed:
+            self._replay_due = False
+            if back.corrupt:
+                # Its damaged original is set aside: keep the unsent part.
+                self._spool.park(result.unsent)
+        elif not back.corrupt:
+            self._spool.done(path)
+        self._note_burst(started)
+        log.info("spool_replayed", file=path.name, sent=result.sent, failed=failed)
         self._report()
 
     def _note_burst(self, started_ns: int) -> None:
@@ -249,6 +339,11 @@ class SenderProcess:
             "retries": counters.retries,
             "dropped": dict(counters.dropped),
             "buffered": len(self._batch),
+            "spooled": counters.spooled,
+            "recovered": counters.recovered,
+            "replayed": counters.replayed,
+            "replay_dropped": counters.replay_dropped,
+            "spool_corrupt": counters.spool_corrupt,
             "burst_max_us": round(counters.burst_max_ns / 1000, 1),
             **extra,
         }

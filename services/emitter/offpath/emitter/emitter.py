@@ -32,28 +32,42 @@ from offpath.emitter.sqs import SqsSink
 
 log = structlog.get_logger("offpath.emitter")
 
+# Drops that happen at emit(), before an event is enqueued.
+DOOR_REASONS = ("queue_full", "shutdown", "unencodable")
+
 
 @dataclass(slots=True)
 class EmitterStats:
-    """Counters since start. ``enqueued + dropped['queue_full'] +
-    dropped['shutdown']`` is everything emitted; every enqueued event is
-    eventually in ``sent`` or another ``dropped`` reason."""
+    """Counters since start. ``enqueued`` plus the drops at the door
+    (``queue_full``, ``shutdown``, ``unencodable``) is everything emitted;
+    every enqueued event ends up ``sent``, dropped under another reason, or
+    ``spooled`` (kept on disk for a later send), and until then is pending.
+    ``replayed`` counts events sent from the spool: enqueued by an earlier
+    sender or process, so outside this identity."""
 
     enqueued: int = 0
     sent: int = 0
     requests: int = 0
     retries: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
+    spooled: int = 0
+    replayed: int = 0
 
     @property
     def emitted(self) -> int:
-        return self.enqueued + self.dropped["queue_full"] + self.dropped["shutdown"]
+        return self.enqueued + sum(self.dropped[reason] for reason in DOOR_REASONS)
 
     def snapshot(self) -> EmitterStats:
         # dict.copy is one C call under the GIL: safe while the loop thread
         # adds a reason (a metrics scrape reads from another thread).
         return EmitterStats(
-            self.enqueued, self.sent, self.requests, self.retries, Counter(dict.copy(self.dropped))
+            self.enqueued,
+            self.sent,
+            self.requests,
+            self.retries,
+            Counter(dict.copy(self.dropped)),
+            self.spooled,
+            self.replayed,
         )
 
     def as_dict(self) -> dict[str, object]:
@@ -63,6 +77,8 @@ class EmitterStats:
             "requests": self.requests,
             "retries": self.retries,
             "dropped": dict(self.dropped),
+            "spooled": self.spooled,
+            "replayed": self.replayed,
         }
 
 

@@ -35,6 +35,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 import structlog
@@ -43,8 +44,9 @@ from offpath.emitter.child import settings_to_json
 from offpath.emitter.emitter import EmitterStats
 from offpath.emitter.frames import FrameError, FrameReader, control_frame, decode, record_frame
 from offpath.emitter.record import EventRecord
-from offpath.emitter.settings import EmitterSettings
+from offpath.emitter.settings import ENV_SPOOL_DIR, EmitterSettings
 from offpath.kit.backoff import Backoff
+from offpath.kit.settings import SettingsError
 
 log = structlog.get_logger("offpath.emitter")
 
@@ -66,6 +68,8 @@ class _Tally:
     requests: int = 0
     retries: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
+    spooled: int = 0
+    replayed: int = 0
 
     def add(self, other: _Tally) -> None:
         self.received += other.received
@@ -73,6 +77,8 @@ class _Tally:
         self.requests += other.requests
         self.retries += other.retries
         self.dropped.update(other.dropped)
+        self.spooled += other.spooled
+        self.replayed += other.replayed
 
 
 @dataclass
@@ -204,6 +210,7 @@ class ProcessEmitter:
         the sender is a fresh interpreter)."""
         if self._loop is not None:
             raise RuntimeError("emitter already started")
+        self._check_spool()
         self._loop = asyncio.get_running_loop()
         self._read_fd, self._write_fd = os.pipe()
         pipe_size = _set_pipe_size(self._write_fd)
@@ -257,6 +264,8 @@ class ProcessEmitter:
             requests=tally.requests,
             retries=tally.retries,
             dropped=dropped,
+            spooled=tally.spooled,
+            replayed=tally.replayed,
         )
 
     @property
@@ -339,7 +348,8 @@ class ProcessEmitter:
         # so; otherwise it was not confirmed in time.
         self._closed = True
         stats = self.stats
-        unplaced = max(0, stats.enqueued - stats.sent - sum(stats.dropped.values()) - unwritten)
+        placed = stats.sent + sum(stats.dropped.values()) + stats.spooled
+        unplaced = max(0, stats.enqueued - placed - unwritten)
         if unplaced and sender is not None and sender.finished:
             self._dropped["sender_lost"] += unplaced
             unplaced = 0
@@ -358,6 +368,19 @@ class ProcessEmitter:
             sender_restarts=self._restarts,
             **self.stats.as_dict(),
         )
+
+    def _check_spool(self) -> None:
+        """A spool directory we cannot write is a start-up error, not a
+        sender that dies at every start."""
+        directory = self._settings.spool_dir
+        if directory is None:
+            return
+        try:
+            Path(directory).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SettingsError(f"{ENV_SPOOL_DIR}={directory!r}: {exc}") from None
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise SettingsError(f"{ENV_SPOOL_DIR}={directory!r} is not writable")
 
     # -- the sender process ---------------------------------------------------
 
@@ -430,6 +453,8 @@ class ProcessEmitter:
             requests=int(report.get("requests", 0)),
             retries=int(report.get("retries", 0)),
             dropped=Counter(report.get("dropped", {})),
+            spooled=int(report.get("spooled", 0)),
+            replayed=int(report.get("replayed", 0)),
         )
         state.buffered = int(report.get("buffered", 0))
         state.burst_max_us = float(report.get("burst_max_us", 0.0))
@@ -450,7 +475,7 @@ class ProcessEmitter:
         code = state.process.wait()
         tally = state.tally
         # What it read and never confirmed died with it.
-        lost = tally.received - tally.sent - sum(tally.dropped.values())
+        lost = tally.received - tally.sent - sum(tally.dropped.values()) - tally.spooled
         if lost > 0:
             tally.dropped["sender_lost"] += lost
         self._ended.add(tally)

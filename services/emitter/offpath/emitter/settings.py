@@ -20,6 +20,8 @@ ENV_RETRY_DEADLINE_S = "OFFPATH_EMIT_RETRY_DEADLINE_S"
 ENV_DRAIN_TIMEOUT_S = "OFFPATH_EMIT_DRAIN_TIMEOUT_S"
 ENV_PRODUCER_ID = "OFFPATH_PRODUCER_ID"
 ENV_SENDER = "OFFPATH_EMIT_SENDER"
+ENV_SPOOL_DIR = "OFFPATH_EMIT_SPOOL_DIR"
+ENV_SPOOL_MAX_BYTES = "OFFPATH_EMIT_SPOOL_MAX_BYTES"
 
 # One send a second keeps SQS calls (and their ~3.5 ms of CPU each on the
 # serving process) rare enough not to show in Query p99; freshness stays
@@ -36,6 +38,9 @@ _DEFAULT_DRAIN_TIMEOUT_S = 10.0
 # serving process (events wait in its memory until the flush).
 SENDERS = ("process", "thread")
 _DEFAULT_SENDER = "process"
+# The spool keeps what could not be sent (and, as a write-ahead log, what
+# the sender holds); bounded so a long outage cannot fill the disk.
+_DEFAULT_SPOOL_MAX_BYTES = 256 * 1024 * 1024
 # SendMessageBatch takes at most 10 entries.
 MESSAGES_PER_CALL = 10
 
@@ -66,6 +71,8 @@ class EmitterSettings:
     retry_deadline_s: float = _DEFAULT_RETRY_DEADLINE_S
     drain_timeout_s: float = _DEFAULT_DRAIN_TIMEOUT_S
     sender: str = _DEFAULT_SENDER
+    spool_dir: str | None = None
+    spool_max_bytes: int = _DEFAULT_SPOOL_MAX_BYTES
 
     @property
     def max_export_batch(self) -> int:
@@ -79,6 +86,13 @@ class EmitterSettings:
             raise SettingsError(
                 f"{ENV_PRODUCER_ID}={producer!r} has characters a FIFO MessageGroupId "
                 "does not allow, or is longer than 128"
+            )
+        sender = env_choice(env, ENV_SENDER, _DEFAULT_SENDER, SENDERS)
+        spool_dir = env_optional_str(env, ENV_SPOOL_DIR)
+        if spool_dir is not None and sender != "process":
+            raise SettingsError(
+                f"{ENV_SPOOL_DIR} is set but {ENV_SENDER}={sender!r}: the spool is the "
+                "sender process's (use process, or unset the spool)"
             )
         return cls(
             # The queue only: a producer never needs the DLQ's or the table's names.
@@ -106,5 +120,13 @@ class EmitterSettings:
             drain_timeout_s=env_float(
                 env, ENV_DRAIN_TIMEOUT_S, _DEFAULT_DRAIN_TIMEOUT_S, minimum=0, maximum=3600
             ),
-            sender=env_choice(env, ENV_SENDER, _DEFAULT_SENDER, SENDERS),
+            sender=sender,
+            spool_dir=spool_dir,
+            spool_max_bytes=env_int(
+                env,
+                ENV_SPOOL_MAX_BYTES,
+                _DEFAULT_SPOOL_MAX_BYTES,
+                minimum=1024 * 1024,
+                maximum=1024**4,
+            ),
         )

@@ -13,18 +13,22 @@ from offpath.v1 import analytics_pb2
 @dataclass(slots=True)
 class ExportResult:
     """What one export did with the events it was given: every event is
-    either ``sent`` or counted in ``dropped`` under a reason."""
+    either ``sent`` or counted in ``dropped`` under a reason. ``unsent``
+    holds the events counted as ``send_failed`` when the sink can tell which
+    (the spool keeps them for later)."""
 
     sent: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     requests: int = 0  # calls made to the backend, retries included
     retries: int = 0  # calls that resent something that failed before
+    unsent: list[analytics_pb2.AnalyticsEvent] = field(default_factory=list)
 
     def merge(self, other: ExportResult) -> None:
         self.sent += other.sent
         self.dropped.update(other.dropped)
         self.requests += other.requests
         self.retries += other.retries
+        self.unsent.extend(other.unsent)
 
 
 class EventSink(Protocol):

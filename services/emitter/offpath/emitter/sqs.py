@@ -73,8 +73,12 @@ def _varint_len(n: int) -> int:
 @dataclass(frozen=True, slots=True)
 class _Entry:
     entry: SendMessageBatchRequestEntryTypeDef
-    events: int
+    batch: analytics_pb2.AnalyticsBatch
     size: int  # bytes SQS counts: body + attributes
+
+    @property
+    def events(self) -> int:
+        return len(self.batch.events)
 
 
 class SqsSink:
@@ -156,7 +160,7 @@ class SqsSink:
                     dedup_id=batch.batch_id,
                 ),
             }
-            item = _Entry(entry, len(batch.events), len(body) + MESSAGE_ATTRIBUTES_SIZE)
+            item = _Entry(entry, batch, len(body) + MESSAGE_ATTRIBUTES_SIZE)
             if current and (
                 len(current) >= MESSAGES_PER_CALL
                 or total + item.size > self._settings.max_message_bytes
@@ -233,6 +237,7 @@ class SqsSink:
             events = sum(item.events for item in pending.values())
             if self._clock() + delay > deadline:
                 result.dropped["send_failed"] += events
+                result.unsent.extend(e for item in pending.values() for e in item.batch.events)
                 log.error("sqs_send_gave_up", attempts=attempt, events=events, error=error)
                 return result
             log.warning(
