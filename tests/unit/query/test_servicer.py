@@ -1,11 +1,10 @@
 """Unit tests for offpath.query.servicer.QueryServicer on an in-process grpc.aio server on
-loopback, with a real Emitter over a fake EventSink (or no emitter): the answer, the
-analytics event it records, and the status codes, messages and event ids of failures."""
+loopback, behind the AnalyticsInterceptor with a list recorder (or with no interceptor,
+analytics off): the answer, the fields the handler adds to its call's event, and the
+status codes, messages and event ids of failures."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -13,51 +12,16 @@ from dataclasses import dataclass
 import grpc
 import pytest
 
-from offpath.emitter import Emitter, EmitterSettings, ExportResult
+from offpath.emitter import EVENT_ID_METADATA, AnalyticsInterceptor, EventRecord
 from offpath.kit.ids import is_uuid
 from offpath.query.engine import Match, SkillIndex
 from offpath.query.generator import Generated, Generator, TemplateGenerator, count_tokens
-from offpath.query.servicer import (
-    EVENT_ID_METADATA,
-    MAX_QUERY_CHARS,
-    MAX_TOP_K,
-    METHOD,
-    SERVICE_NAME,
-    QueryServicer,
-)
-from offpath.v1 import analytics_pb2, query_pb2, query_pb2_grpc
+from offpath.query.servicer import MAX_QUERY_CHARS, MAX_TOP_K, SERVICE_NAME, QueryServicer
+from offpath.testing.recorders import ListRecorder
+from offpath.v1 import query_pb2, query_pb2_grpc
 
-PRODUCER = "query-test-1"
-TIMEOUT_S = 5.0  # generous: events normally arrive within milliseconds
+METHOD = f"/{SERVICE_NAME}/Query"
 SECRET = "secret-internal-detail"
-
-
-class RecordingSink:
-    """An EventSink that keeps every event it is given (on the emitter's sender thread)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._events: list[analytics_pb2.AnalyticsEvent] = []
-        self.prepared = 0
-        self.closed = 0
-
-    @property
-    def events(self) -> list[analytics_pb2.AnalyticsEvent]:
-        with self._lock:
-            return list(self._events)
-
-    def export(
-        self, events: Sequence[analytics_pb2.AnalyticsEvent], deadline: float
-    ) -> ExportResult:
-        with self._lock:
-            self._events.extend(events)
-        return ExportResult(sent=len(events), requests=1)
-
-    def prepare(self) -> None:
-        self.prepared += 1
-
-    def close(self) -> None:
-        self.closed += 1
 
 
 class FailingGenerator:
@@ -73,26 +37,18 @@ class FailingGenerator:
 
 @dataclass
 class Service:
-    """A served QueryServicer, a client stub, and (unless disabled) the emitter and sink."""
+    """A served QueryServicer, a client stub, and the recorder its interceptor hands events
+    to (None with analytics off)."""
 
     stub: query_pb2_grpc.QueryServiceAsyncStub
-    emitter: Emitter | None
-    sink: RecordingSink
+    recorder: ListRecorder | None
 
-    async def recorded(self, count: int) -> list[analytics_pb2.AnalyticsEvent]:
-        """The events emitted so far, as the sink received them, once there are ``count``.
-
-        An aborted RPC's status reaches the client before its handler's ``finally`` (where
-        the event is emitted) has run, so the flush is repeated until the event is there.
-        """
-        assert self.emitter is not None
-        deadline = time.monotonic() + TIMEOUT_S
-        while True:
-            await self.emitter.force_flush()
-            events = self.sink.events
-            if len(events) >= count or time.monotonic() > deadline:
-                return events
-            await asyncio.sleep(0.005)
+    @property
+    def records(self) -> list[EventRecord]:
+        """The events recorded so far. The interceptor hands an event over before the call's
+        status leaves, so a call the client has seen end is already here."""
+        assert self.recorder is not None
+        return list(self.recorder.records)
 
 
 Serve = Callable[..., Awaitable[Service]]
@@ -105,33 +61,27 @@ def index() -> SkillIndex:
 
 @pytest.fixture
 async def serve(index: SkillIndex) -> AsyncIterator[Serve]:
-    """Starts QueryServicers on 127.0.0.1:<free port>; closes channels, stops servers and
-    shuts emitters down afterwards."""
-    started: list[tuple[grpc.aio.Server, grpc.aio.Channel, Emitter | None]] = []
+    """Starts QueryServicers on 127.0.0.1:<free port>; closes channels and stops servers
+    afterwards."""
+    started: list[tuple[grpc.aio.Server, grpc.aio.Channel]] = []
 
-    async def start(*, generator: Generator | None = None, emit: bool = True) -> Service:
-        sink = RecordingSink()
-        emitter: Emitter | None = None
-        if emit:
-            # A long linger: events leave only when the test flushes.
-            emitter = Emitter(sink, EmitterSettings(producer_id=PRODUCER, linger_s=60.0))
-            emitter.start()
-        servicer = QueryServicer(index, generator or TemplateGenerator(), emitter)
-        server = grpc.aio.server()
+    async def start(*, generator: Generator | None = None, analytics: bool = True) -> Service:
+        recorder = ListRecorder() if analytics else None
+        interceptors = [AnalyticsInterceptor(recorder)] if recorder is not None else []
+        server = grpc.aio.server(interceptors=interceptors)
+        servicer = QueryServicer(index, generator or TemplateGenerator())
         query_pb2_grpc.add_QueryServiceServicer_to_server(servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")
         assert port > 0
         await server.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        started.append((server, channel, emitter))
-        return Service(query_pb2_grpc.QueryServiceStub(channel), emitter, sink)
+        started.append((server, channel))
+        return Service(query_pb2_grpc.QueryServiceStub(channel), recorder)
 
     yield start
-    for server, channel, emitter in started:
+    for server, channel in started:
         await channel.close(None)
         await server.stop(None)
-        if emitter is not None:
-            await emitter.shutdown(timeout=5.0)
 
 
 async def _error(call: Awaitable[object]) -> grpc.aio.AioRpcError:
@@ -141,13 +91,17 @@ async def _error(call: Awaitable[object]) -> grpc.aio.AioRpcError:
     return info.value
 
 
-def _trailing_event_id(error: grpc.aio.AioRpcError) -> str:
-    """The one offpath-event-id in the error's trailing metadata."""
+def _trailing_event_ids(error: grpc.aio.AioRpcError) -> list[str]:
+    """Every offpath-event-id in the error's trailing metadata."""
     # grpc-stubs type it as grpc.Call's tuple; grpc.aio returns its Metadata.
     metadata: object = error.trailing_metadata()
     assert isinstance(metadata, grpc.aio.Metadata)
-    (value,) = metadata.get_all(EVENT_ID_METADATA)
-    assert isinstance(value, str)
+    return [str(value) for value in metadata.get_all(EVENT_ID_METADATA)]
+
+
+def _trailing_event_id(error: grpc.aio.AioRpcError) -> str:
+    """The one offpath-event-id in the error's trailing metadata."""
+    (value,) = _trailing_event_ids(error)
     return value
 
 
@@ -183,26 +137,34 @@ class TestAnswer:
         assert len(seven.matched_skills) > 3
 
     async def test_event_records_what_was_answered(self, serve: Serve) -> None:
-        """The emitted event has the response's id, the trimmed query, status 0, the matched
-        skills, model and tokens, the service and method names and the producer."""
+        """The call's event has the response's id, the trimmed query, status 0, the matched
+        skills, model and tokens the handler added, and the service and method names."""
         service = await serve()
         before = time.time_ns()
         response = await service.stub.Query(
             query_pb2.QueryRequest(query="  Which databases has she run?  ", top_k=5)
         )
         after = time.time_ns()
-        (event,) = await service.recorded(1)
+        (event,) = service.records
+        assert is_uuid(response.event_id)
         assert event.event_id == response.event_id
         assert event.query == "Which databases has she run?"
         assert event.status_code == grpc.StatusCode.OK.value[0] == 0
-        assert list(event.matched_skills) == list(response.matched_skills)
-        assert event.model == response.model
+        assert [name for name, _ in event.matched_skills] == [
+            s.name for s in response.matched_skills
+        ]
+        # The reply carries the scores as float32; the event as Python floats.
+        assert [score for _, score in event.matched_skills] == pytest.approx(
+            [s.score for s in response.matched_skills], rel=1e-6
+        )
+        assert len(event.matched_skills) > 0
+        assert event.model == response.model == TemplateGenerator.MODEL
         assert event.token_count == response.token_count
         assert event.service == SERVICE_NAME == "offpath.v1.QueryService"
         assert event.method == METHOD == "/offpath.v1.QueryService/Query"
-        assert event.producer_id == PRODUCER
-        assert before <= event.occurred_at.ToNanoseconds() <= after
-        assert event.processing_time.ToNanoseconds() >= response.processing_time.ToNanoseconds()
+        assert before <= event.occurred_at_ns <= after
+        # The interceptor's clock runs around the handler's.
+        assert event.processing_ns >= response.processing_time.ToNanoseconds()
 
     async def test_one_event_per_query(self, serve: Serve) -> None:
         """Every query, answered or not, records exactly one event with its own id."""
@@ -212,25 +174,28 @@ class TestAnswer:
             for i in range(3)
         ]
         await _error(service.stub.Query(query_pb2.QueryRequest(query="")))
-        events = await service.recorded(4)
+        events = service.records
         assert len(events) == 4
         assert len({event.event_id for event in events}) == 4
         assert [event.event_id for event in events[:3]] == [r.event_id for r in ok]
 
-    async def test_answers_without_an_emitter(self, serve: Serve) -> None:
-        """With analytics off (no emitter) queries are still answered, with an event id."""
-        service = await serve(emit=False)
+    async def test_answers_without_analytics(self, serve: Serve) -> None:
+        """With analytics off (no interceptor) queries are answered the same way, with an
+        empty event id (no analytics work at all, not even an id)."""
+        service = await serve(analytics=False)
         response = await service.stub.Query(query_pb2.QueryRequest(query="Terraform?"))
+        assert response.matched_skills[0].name == "Terraform"
         assert response.answer
-        assert is_uuid(response.event_id)
-        assert service.sink.events == []
+        assert response.event_id == ""
 
-    async def test_invalid_request_without_an_emitter(self, serve: Serve) -> None:
-        """With no emitter, a bad request is still rejected with its event id."""
-        service = await serve(emit=False)
+    async def test_invalid_request_without_analytics(self, serve: Serve) -> None:
+        """With analytics off, a bad request is rejected with the same message and no event
+        id."""
+        service = await serve(analytics=False)
         error = await _error(service.stub.Query(query_pb2.QueryRequest(query=" ")))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert is_uuid(_trailing_event_id(error))
+        assert error.details() == "query must not be empty"
+        assert _trailing_event_ids(error) == []
 
 
 class TestInvalidArgument:
@@ -258,11 +223,11 @@ class TestInvalidArgument:
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert message in (error.details() or "")
         event_id = _trailing_event_id(error)
-        (event,) = await service.recorded(1)
+        (event,) = service.records
         assert event.event_id == event_id
         assert event.status_code == grpc.StatusCode.INVALID_ARGUMENT.value[0] == 3
         assert event.query == query.strip()
-        assert list(event.matched_skills) == []
+        assert event.matched_skills == ()
         assert (event.model, event.token_count) == ("", 0)
 
     async def test_longest_query_is_accepted(self, serve: Serve) -> None:
@@ -270,8 +235,8 @@ class TestInvalidArgument:
         service = await serve()
         query = ("kubernetes " * MAX_QUERY_CHARS)[:MAX_QUERY_CHARS]
         response = await service.stub.Query(query_pb2.QueryRequest(query=f"  {query}  "))
-        assert response.event_id
-        (event,) = await service.recorded(1)
+        (event,) = service.records
+        assert event.event_id == response.event_id
         assert event.status_code == 0
 
 
@@ -288,10 +253,11 @@ class TestInternalError:
         assert "Traceback" not in details
         assert SECRET not in details
         assert "RuntimeError" not in details
-        (event,) = await service.recorded(1)
+        (event,) = service.records
         assert event.event_id == event_id
         assert event.status_code == grpc.StatusCode.INTERNAL.value[0] == 13
         assert event.query == "Python?"
+        assert (event.model, event.token_count) == ("", 0)
 
     async def test_server_keeps_serving_after_a_failure(self, serve: Serve) -> None:
         """A failed query does not break the service: the next one fails the same way, each
@@ -301,15 +267,13 @@ class TestInternalError:
         second = await _error(service.stub.Query(query_pb2.QueryRequest(query="Go?")))
         assert first.code() == second.code() == grpc.StatusCode.INTERNAL
         assert _trailing_event_id(first) != _trailing_event_id(second)
-        assert [event.status_code for event in await service.recorded(2)] == [13, 13]
+        assert [event.status_code for event in service.records] == [13, 13]
 
-
-async def test_emitter_drains_on_shutdown(serve: Serve) -> None:
-    """Events buffered when the emitter shuts down are handed to the sink, not lost."""
-    service = await serve()
-    await service.stub.Query(query_pb2.QueryRequest(query="Helm?"))
-    assert service.emitter is not None
-    assert service.sink.events == []  # still buffered: the linger is long
-    stats = await asyncio.wait_for(service.emitter.shutdown(timeout=5.0), timeout=10.0)
-    assert stats.sent == 1
-    assert len(service.sink.events) == 1
+    async def test_generator_failure_without_analytics(self, serve: Serve) -> None:
+        """With analytics off a failure is still INTERNAL without the exception's text; the
+        message has no event id to name."""
+        service = await serve(generator=FailingGenerator(), analytics=False)
+        error = await _error(service.stub.Query(query_pb2.QueryRequest(query="Python?")))
+        assert error.code() == grpc.StatusCode.INTERNAL
+        assert error.details() == "internal error"
+        assert _trailing_event_ids(error) == []

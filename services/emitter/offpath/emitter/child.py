@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import dataclasses
 import importlib
-import json
 import os
 import select
 import sys
@@ -62,14 +61,6 @@ def load_sink_factory(spec: str) -> Callable[..., EventSink]:
         raise ValueError(f"sink factory {spec!r} is not module:attribute")
     factory: Callable[..., EventSink] = getattr(importlib.import_module(module), attribute)
     return factory
-
-
-def settings_to_json(settings: EmitterSettings) -> str:
-    return json.dumps(dataclasses.asdict(settings))
-
-
-def settings_from_json(text: str) -> EmitterSettings:
-    return EmitterSettings(**json.loads(text))
 
 
 @dataclasses.dataclass
@@ -367,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     configure_logging(f"{args.service}-sender", args.log_level)
-    settings = settings_from_json(args.settings)
+    settings = EmitterSettings.from_json(args.settings)
     factory = load_sink_factory(args.sink)
     sink = factory(settings) if args.sink_arg is None else factory(settings, args.sink_arg)
     log.info("sender_started", pid=os.getpid(), parent=os.getppid(), sink=args.sink)

@@ -98,7 +98,7 @@ def decode(payload: bytes) -> EventRecord | dict[str, Any]:
             model=model,
             token_count=token_count,
             status_code=status_code,
-            attributes=attributes or {},
+            attributes=attributes or None,
         )
     except (TypeError, ValueError) as exc:
         raise FrameError(f"malformed record frame: {exc}") from None

@@ -40,7 +40,6 @@ from typing import Any, Final
 
 import structlog
 
-from offpath.emitter.child import settings_to_json
 from offpath.emitter.emitter import EmitterStats
 from offpath.emitter.frames import FrameError, FrameReader, control_frame, decode, record_frame
 from offpath.emitter.record import EventRecord
@@ -396,7 +395,7 @@ class ProcessEmitter:
             "--reports-fd",
             str(reports_write),
             "--settings",
-            settings_to_json(self._settings),
+            self._settings.to_json(),
             "--sink",
             self._sink_factory,
             "--service",

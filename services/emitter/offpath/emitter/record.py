@@ -1,20 +1,23 @@
-"""What a handler hands to ``emit``: plain Python data, cheap to build.
+"""What reaches ``emit``: plain Python data, cheap to build.
 
-The protobuf ``AnalyticsEvent`` is made from it later, on the sender thread,
-so the request path pays for a small object and a deque append only.
+The protobuf ``AnalyticsEvent`` is made from it later, in the sender (process
+or thread), so the request path pays for a small object and its hand-off only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from offpath.v1 import analytics_pb2
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, and no default_factory: on the request path a frozen dataclass
+# costs ≈ 1.4 µs to build, this one ≈ 0.25 µs. Treat it as immutable once
+# emitted (the thread sender holds it until the flush).
+@dataclass(slots=True)
 class EventRecord:
-    """One RPC's analytics, as captured by the handler."""
+    """One RPC's analytics, as the interceptor captured it."""
 
     event_id: str
     occurred_at_ns: int  # wall clock, time.time_ns() at the start of the RPC
@@ -26,7 +29,7 @@ class EventRecord:
     model: str = ""
     token_count: int = 0
     status_code: int = 0
-    attributes: Mapping[str, str] = field(default_factory=dict)
+    attributes: Mapping[str, str] | None = None
 
     def to_proto(self, producer_id: str) -> analytics_pb2.AnalyticsEvent:
         """The wire form of this record."""

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
 import socket
@@ -73,6 +75,14 @@ class EmitterSettings:
     sender: str = _DEFAULT_SENDER
     spool_dir: str | None = None
     spool_max_bytes: int = _DEFAULT_SPOOL_MAX_BYTES
+
+    def to_json(self) -> str:
+        """These settings as JSON (how the sender process receives them)."""
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> EmitterSettings:
+        return cls(**json.loads(text))
 
     @property
     def max_export_batch(self) -> int:

@@ -55,6 +55,13 @@ def _session() -> boto3.session.Session:
     return session
 
 
+def check_config() -> None:
+    """Raise :class:`SettingsError` now when no client could be made (no
+    region): a process that hands AWS calls to another one checks here, at
+    start-up, what that one would find out too late."""
+    _session()
+
+
 def sqs_client(config: Config | None = None) -> SQSClient:
     """An SQS client; each thread that uses it concurrently should own one."""
     client: Any = _session().client("sqs", config=config or client_config())

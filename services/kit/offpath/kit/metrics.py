@@ -63,7 +63,13 @@ def serve_metrics(
     bound = int(server.server_address[1])
     log.info("metrics_started", host=host, port=bound)
 
+    stopped = False
+
     def stop() -> None:
+        nonlocal stopped
+        if stopped:  # safe to call twice
+            return
+        stopped = True
         server.shutdown()
         server.server_close()
         thread.join(5)

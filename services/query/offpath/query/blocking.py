@@ -1,8 +1,10 @@
 """Blocking analytics: the write-up's original, synchronous design.
 
-Each event is sent to SQS before the reply is released. It exists so the
-benchmark can show what offpath saves (``OFFPATH_ANALYTICS=blocking``);
-never use it to serve.
+Each event is sent to SQS before the reply is released: it is the
+analytics interceptor's recorder, and its ``emit`` returns a coroutine the
+interceptor awaits before letting the reply go. It exists so the benchmark
+can show what offpath saves (``OFFPATH_ANALYTICS=blocking``); never use it
+to serve.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ class BlockingRecorder:
         except Exception as exc:
             log.warning("sqs_warm_up_failed", error=f"{type(exc).__name__}: {exc}")
 
-    async def send(self, record: EventRecord) -> None:
+    async def emit(self, record: EventRecord) -> None:
+        """Send ``record`` to SQS and return when SQS has answered (or the
+        timeout passed): the reply waits for this."""
         event = record.to_proto(self._producer_id)
         deadline = time.monotonic() + self._timeout_s
         result = await asyncio.get_running_loop().run_in_executor(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 import structlog
 
-from offpath.emitter import Emitter, SqsSink
+from offpath.emitter import AnalyticsInterceptor, SqsSink
+from offpath.emitter.base import EventEmitter, open_emitter
 from offpath.emitter.metrics import emitter_samples
 from offpath.kit import aws
 from offpath.kit.metrics import serve_metrics
@@ -34,19 +36,33 @@ async def run(settings: QuerySettings, stop_event: asyncio.Event | None = None) 
         )
     except (OSError, CatalogError) as exc:
         raise StartupError(f"cannot load the skills catalog: {exc}") from exc
-    emitter: Emitter | None = None
+    emitter: EventEmitter | None = None
     blocking: BlockingRecorder | None = None
     if settings.analytics != "off":
-        # Made now, not on first send: a missing region or a bad AWS
+        # Checked now, not on first send: a missing region or a bad AWS
         # configuration stops start-up with a clear message instead of
         # turning every event into a logged drop.
-        sqs = aws.sqs_client()
-        sink = SqsSink(settings.emitter, client_factory=lambda: sqs)
+        aws.check_config()
         if settings.analytics == "background":
-            emitter = Emitter(sink, settings.emitter)
+            emitter = open_emitter(
+                settings.emitter, service="query", log_level=settings.server.log_level
+            )
+            # Before the gRPC server exists: the sender process (when the
+            # settings ask for one) starts from a process with no gRPC threads.
+            emitter.start()
         else:
+            sqs = aws.sqs_client()
+            sink = SqsSink(settings.emitter, client_factory=lambda: sqs)
             blocking = BlockingRecorder(sink, settings.emitter.producer_id)
-    servicer = QueryServicer(index, TemplateGenerator(), emitter, blocking)
+    # Analytics live in the interceptor, never in the servicer: background
+    # hands each call's event to the emitter (O(1)), blocking awaits SQS
+    # before the reply, off installs nothing (no analytics work at all).
+    interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = []
+    if emitter is not None:
+        interceptors.append(AnalyticsInterceptor(emitter))
+    elif blocking is not None:
+        interceptors.append(AnalyticsInterceptor(blocking))
+    servicer = QueryServicer(index, TemplateGenerator())
     server = settings.server
     _, stop_metrics = serve_metrics(
         server.host,
@@ -62,7 +78,6 @@ async def run(settings: QuerySettings, stop_event: asyncio.Event | None = None) 
         # does not land on the first flush. Best effort, bounded: analytics
         # must never hold up serving.
         if emitter is not None:
-            emitter.start()
             await emitter.prepare(_WARM_UP_TIMEOUT_S)
         if blocking is not None:
             await blocking.prepare(_WARM_UP_TIMEOUT_S)
@@ -75,14 +90,22 @@ async def run(settings: QuerySettings, stop_event: asyncio.Event | None = None) 
             blocking.close()
         stop_metrics()
 
-    await serve(
-        server,
-        service_names=[SERVICE_NAME],
-        add_servicers=add,
-        on_started=started,
-        on_stopped=stopped,
-        stop_event=stop_event,
-    )
+    try:
+        await serve(
+            server,
+            service_names=[SERVICE_NAME],
+            add_servicers=add,
+            interceptors=interceptors,
+            on_started=started,
+            on_stopped=stopped,
+            stop_event=stop_event,
+        )
+    finally:
+        # Also when serving never began (a port in use): the sender process
+        # is ours to stop. Both are idempotent.
+        if emitter is not None:
+            await emitter.shutdown(settings.emitter.drain_timeout_s)
+        stop_metrics()
 
 
 def main() -> None:

@@ -1,25 +1,23 @@
-"""The QueryService servicer: answer at once, record fire-and-forget.
+"""The QueryService servicer: validate, search, generate, answer.
 
-The handler validates, searches, generates and replies. Its only analytics
-work is building an :class:`EventRecord` and ``emit``-ting it in ``finally``
-(O(1), never blocks, never raises), for failed requests too, with the status
-code the client saw. The event id is minted first so the response (or, on an
-error, the trailing metadata ``offpath-event-id``) carries it. (The
-``blocking`` mode instead awaits the SQS call before replying; it exists only
-so the benchmark can show the cost offpath removes.)
+Analytics are not its business: the server's
+:class:`~offpath.emitter.AnalyticsInterceptor` records every call (its event
+id, status code and duration) and hands the event on before the reply
+leaves. The handler only adds what it alone knows — the query, the matched
+skills, the model and its token count — to the call's analytics context
+(:func:`~offpath.emitter.current_rpc`), and returns that context's event id
+in the response. With analytics off there is no interceptor, the context is a
+no-op, and the event id is empty.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import grpc
 import structlog
 
-from offpath.emitter import Emitter, EventRecord
-from offpath.kit.ids import new_id
-from offpath.query.blocking import BlockingRecorder
+from offpath.emitter import current_rpc
 from offpath.query.engine import SkillIndex
 from offpath.query.generator import Generator
 from offpath.v1 import analytics_pb2, query_pb2, query_pb2_grpc
@@ -27,8 +25,6 @@ from offpath.v1 import analytics_pb2, query_pb2, query_pb2_grpc
 log = structlog.get_logger("offpath.query")
 
 SERVICE_NAME = query_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
-METHOD = f"/{SERVICE_NAME}/Query"
-EVENT_ID_METADATA = "offpath-event-id"
 
 MAX_QUERY_CHARS = 2048
 DEFAULT_TOP_K = 3
@@ -38,83 +34,46 @@ MAX_TOP_K = 20
 class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     """Answers questions about the CV from the skills index."""
 
-    def __init__(
-        self,
-        index: SkillIndex,
-        generator: Generator,
-        emitter: Emitter | None,
-        blocking: BlockingRecorder | None = None,
-    ) -> None:
+    def __init__(self, index: SkillIndex, generator: Generator) -> None:
         self._index = index
         self._generator = generator
-        self._emitter = emitter
-        self._blocking = blocking
 
     async def Query(
         self,
         request: query_pb2.QueryRequest,
         context: grpc.aio.ServicerContext[query_pb2.QueryRequest, query_pb2.QueryResponse],
     ) -> query_pb2.QueryResponse:
-        started_ns = time.time_ns()
         t0 = time.perf_counter_ns()
-        event_id = new_id()
+        rpc = current_rpc()
         query = request.query.strip()
-        status = grpc.StatusCode.OK
-        skills: tuple[tuple[str, float], ...] = ()
-        model = ""
-        tokens = 0
+        # Recorded before validation, so a rejected query's event shows what was asked.
+        rpc.set(query=query)
+        top_k = request.top_k if request.HasField("top_k") and request.top_k else DEFAULT_TOP_K
+        problem = _validate(query, top_k)
+        if problem is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         try:
-            top_k = request.top_k if request.HasField("top_k") and request.top_k else DEFAULT_TOP_K
-            problem = _validate(query, top_k)
-            if problem is not None:
-                status = grpc.StatusCode.INVALID_ARGUMENT
-                context.set_trailing_metadata(((EVENT_ID_METADATA, event_id),))
-                await context.abort(status, problem)
             matches = self._index.search(query, top_k)
             generated = self._generator.generate(query, matches)
             skills = tuple((m.skill.name, m.score) for m in matches)
-            model, tokens = generated.model, generated.token_count
-            elapsed_ns = time.perf_counter_ns() - t0
+            rpc.set(matched_skills=skills, model=generated.model, token_count=generated.token_count)
             response = query_pb2.QueryResponse(
                 answer=generated.text,
                 matched_skills=[
                     analytics_pb2.MatchedSkill(name=name, score=score) for name, score in skills
                 ],
-                model=model,
-                token_count=tokens,
-                event_id=event_id,
+                model=generated.model,
+                token_count=generated.token_count,
+                event_id=rpc.event_id,
             )
-            response.processing_time.FromNanoseconds(elapsed_ns)
-            return response
-        except grpc.aio.AbortError:
-            raise
-        except asyncio.CancelledError:
-            # The client went away (or its deadline passed): record that.
-            status = grpc.StatusCode.CANCELLED
-            raise
+            response.processing_time.FromNanoseconds(time.perf_counter_ns() - t0)
         except Exception:
-            status = grpc.StatusCode.INTERNAL
-            log.exception("query_failed", event_id=event_id)
-            context.set_trailing_metadata(((EVENT_ID_METADATA, event_id),))
-            await context.abort(status, f"internal error (event {event_id})")
-        finally:
-            if self._emitter is not None or self._blocking is not None:
-                record = EventRecord(
-                    event_id=event_id,
-                    occurred_at_ns=started_ns,
-                    service=SERVICE_NAME,
-                    method=METHOD,
-                    query=query,
-                    matched_skills=skills,
-                    processing_ns=time.perf_counter_ns() - t0,
-                    model=model,
-                    token_count=tokens,
-                    status_code=status.value[0],
-                )
-                if self._emitter is not None:
-                    self._emitter.emit(record)
-                elif self._blocking is not None:
-                    await self._blocking.send(record)
+            # A bug or a failing generator: the client gets INTERNAL with the
+            # event id to quote, never the exception's text; the log has both.
+            log.exception("query_failed", event_id=rpc.event_id)
+            suffix = f" (event {rpc.event_id})" if rpc.event_id else ""
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error{suffix}")
+        return response
 
 
 def _validate(query: str, top_k: int) -> str | None:

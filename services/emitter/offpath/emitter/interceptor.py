@@ -1,0 +1,420 @@
+"""A grpc.aio server interceptor that records one event per RPC.
+
+For every RPC it wraps, :class:`AnalyticsInterceptor`:
+
+- mints an event id (UUIDv7) and puts it in the reply's trailing metadata
+  ``offpath-event-id``, on success and on every error, so a client can always
+  find the event its call produced; metadata the handler sets is kept beside
+  it (merged, never replaced);
+- publishes an :class:`~offpath.emitter.rpc.RpcAnalytics` for the handler
+  (:func:`~offpath.emitter.rpc.current_rpc`), where it adds its own fields;
+- when the call ends, builds one :class:`~offpath.emitter.record.EventRecord`
+  (service, full method name, start time, duration, the status code the
+  client saw, and the handler's fields) and hands it to the recorder.
+
+The status is the one grpc sends: OK, or the code a handler gave
+``context.set_code`` and returned; the code given to ``context.abort``;
+for an exception the handler let escape, the code it set before raising or
+else UNKNOWN (grpc.aio's own rule); CANCELLED when the client went away, or
+DEADLINE_EXCEEDED when the call's deadline has passed. The handler's
+exceptions, aborts and cancellations propagate unchanged; the interceptor
+only observes them.
+
+Nothing acknowledged is lost: the event is handed to the recorder *before*
+the reply leaves. On return (or exception) that is simply before the wrapped
+behaviour hands control back to grpc. ``context.abort`` is different: grpc
+sends the status from inside ``abort`` itself, before any ``except`` or
+``finally`` of the handler or of an interceptor runs. So the handler is given
+a thin wrapper of its context whose ``abort`` records the event first and
+then calls grpc's ``abort`` (the approach OpenTelemetry's grpc instrumentation
+takes to see aborts); every other call is passed straight through.
+
+Which RPCs are recorded: async handlers of all four kinds. Streaming calls are
+recorded once, when the call ends (a response stream written by an async
+generator is written by the interceptor, exactly as grpc would write it, so
+that the end of the stream is seen before the status is sent). Left untouched
+(not recorded, no event id): sync handlers, which grpc.aio runs in its thread
+pool; the services named in ``ignore_services`` (by default health checks and
+server reflection, which are infrastructure, not traffic); methods the server
+does not implement (grpc answers UNIMPLEMENTED before any handler runs).
+
+The recorder is anything with ``emit(record)``: :meth:`Emitter.emit
+<offpath.emitter.emitter.Emitter.emit>` (O(1), returns a bool) or an async
+recorder whose ``emit`` returns an awaitable, which is awaited before the
+reply (QueryService's ``blocking`` mode). Analytics never fail an RPC: a
+recorder that raises is logged and the reply goes out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+
+import grpc
+import structlog
+
+from offpath.emitter.record import EventRecord
+from offpath.emitter.rpc import RpcAnalytics, _current, event_record
+from offpath.kit.ids import new_id
+
+log = structlog.get_logger("offpath.emitter")
+
+EVENT_ID_METADATA = "offpath-event-id"
+
+DEFAULT_IGNORED_SERVICES = frozenset(
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+)
+
+# Wrapped handlers are cached per method name, so an RPC costs a dict look-up
+# rather than building handler objects. A generic handler may accept any
+# method name a client sends: the bound keeps such names from growing the
+# cache without limit (past it, handlers are wrapped per call, which is only
+# slower).
+_MAX_CACHED_METHODS = 1024
+
+# StatusCode.value is an enum property returning (int, str): a dict look-up
+# is cheaper on the path every RPC takes.
+_CODE_NUMBERS = {code: code.value[0] for code in grpc.StatusCode}
+_UNKNOWN = _CODE_NUMBERS[grpc.StatusCode.UNKNOWN]
+
+# A call cancelled with less than this left before its deadline is taken to
+# have hit the deadline: the server's deadline timer and the client's own
+# cancellation race by a few milliseconds at most.
+_DEADLINE_SLACK_S = 0.05
+
+if TYPE_CHECKING:
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+    _Context = grpc.aio.ServicerContext[Any, Any]
+else:
+    # Not subscriptable at run time (grpc-stubs make it generic).
+    _ServerInterceptor = grpc.aio.ServerInterceptor
+    _Context = grpc.aio.ServicerContext[Any, Any]
+
+# grpc-stubs type handler behaviours with the sync ServicerContext; a grpc.aio
+# behaviour is called with a grpc.aio one.
+Behaviour = Callable[..., Any]
+Continuation = Callable[
+    [grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Any, Any] | None"]
+]
+
+
+class Recorder(Protocol):
+    """Where the interceptor hands each RPC's event. ``emit`` may return an
+    awaitable (then it is awaited before the reply) or anything else (ignored).
+    It should not raise; if it does, the error is logged and the RPC goes on."""
+
+    def emit(self, record: EventRecord, /) -> object: ...
+
+
+class AnalyticsInterceptor(_ServerInterceptor):
+    """Records one :class:`EventRecord` per RPC through ``recorder``; see the
+    module's docstring for what is recorded and when."""
+
+    def __init__(
+        self,
+        recorder: Recorder,
+        *,
+        ignore_services: Iterable[str] = DEFAULT_IGNORED_SERVICES,
+    ) -> None:
+        self._recorder = recorder
+        self._ignored = frozenset(ignore_services)
+        self._cache: dict[
+            str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
+        ] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Continuation,
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            # Unknown method: grpc answers UNIMPLEMENTED itself. (grpc-stubs
+            # say a handler is always found; at run time it is None here.)
+            return handler  # type: ignore[return-value]
+        method = handler_call_details.method
+        cached = self._cache.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(method, handler)
+        if len(self._cache) < _MAX_CACHED_METHODS or method in self._cache:
+            self._cache[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        # "/package.Service/Method": the service is the part between the slashes.
+        service = method.lstrip("/").partition("/")[0]
+        if service in self._ignored:
+            return handler
+        site = _Site(service, method, self._recorder)
+        streaming = (handler.request_streaming, handler.response_streaming)
+        behaviour: Behaviour | None = {
+            (False, False): handler.unary_unary,
+            (False, True): handler.unary_stream,
+            (True, False): handler.stream_unary,
+            (True, True): handler.stream_stream,
+        }[streaming]
+        wrapped: Behaviour
+        # The same tests grpc.aio makes to choose how to run a handler: a
+        # coroutine function (unary response, or a stream written with
+        # context.write), an async generator (a stream of yielded responses),
+        # or anything else (a sync handler, run in grpc's thread pool: the
+        # context there is a different object, so it is left alone).
+        if inspect.iscoroutinefunction(behaviour):
+            wrapped = _intercept_coroutine(site, behaviour)
+        elif handler.response_streaming and inspect.isasyncgenfunction(behaviour):
+            wrapped = _intercept_generator(site, behaviour)
+        else:
+            return handler
+        make = _HANDLER_FACTORIES[streaming]
+        return make(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+_HANDLER_FACTORIES: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[Any, Any]]] = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+class _Site:
+    """What every call of one method shares."""
+
+    __slots__ = ("method", "recorder", "service")
+
+    def __init__(self, service: str, method: str, recorder: Recorder) -> None:
+        self.service = service
+        self.method = method
+        self.recorder = recorder
+
+
+def _intercept_coroutine(site: _Site, behaviour: Behaviour) -> Behaviour:
+    async def intercepted(request: Any, context: _Context) -> Any:
+        call = _Call(site, context)
+        token = _current.set(call.rpc)
+        try:
+            response = await behaviour(request, call)
+        except asyncio.CancelledError:
+            await call.finish_awaiting(_cancelled_code(context))
+            raise
+        except Exception:
+            await call.finish_awaiting(_failed_code(context))
+            raise
+        finally:
+            _current.reset(token)
+        pending = call.finish(_returned_code(context))
+        if pending is not None:
+            await pending
+        return response
+
+    return intercepted
+
+
+def _intercept_generator(site: _Site, behaviour: Behaviour) -> Behaviour:
+    async def intercepted(request: Any, context: _Context) -> None:
+        call = _Call(site, context)
+        token = _current.set(call.rpc)
+        responses: AsyncGenerator[Any, None] = behaviour(request, call)
+        try:
+            # What grpc.aio does with an async generator handler (its write
+            # checks for an abort first), done here so that the end of the
+            # stream is seen before grpc sends the status.
+            async for response in responses:
+                await context.write(response)
+        except asyncio.CancelledError:
+            await call.finish_awaiting(_cancelled_code(context))
+            raise
+        except Exception:
+            await call.finish_awaiting(_failed_code(context))
+            raise
+        finally:
+            _current.reset(token)
+            await responses.aclose()
+        await call.finish_awaiting(_returned_code(context))
+
+    return intercepted
+
+
+def _returned_code(context: _Context) -> grpc.StatusCode:
+    code: object = context.code()  # None unless the handler called set_code
+    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK
+
+
+def _failed_code(context: _Context) -> grpc.StatusCode:
+    # grpc.aio's rule for an exception out of a handler: the code set before
+    # raising, unless that is OK (or none), in which case UNKNOWN.
+    code: object = context.code()
+    if isinstance(code, grpc.StatusCode) and code is not grpc.StatusCode.OK:
+        return code
+    return grpc.StatusCode.UNKNOWN
+
+
+def _cancelled_code(context: _Context) -> grpc.StatusCode:
+    remaining: float | None = context.time_remaining()
+    if remaining is not None and remaining < _DEADLINE_SLACK_S:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
+
+
+class _Call(_Context):
+    """One RPC in flight: its analytics, its clock, and the context its
+    handler is given (grpc's own, with ``abort`` and
+    ``set_trailing_metadata`` extended as the module's docstring says)."""
+
+    __slots__ = ("_context", "_pair", "_recorded", "_site", "_started_ns", "_t0", "rpc")
+
+    def __init__(self, site: _Site, context: _Context) -> None:
+        self._t0 = time.perf_counter_ns()
+        self._started_ns = time.time_ns()
+        self._site = site
+        self._context = context
+        self._recorded = False
+        event_id = new_id()
+        self.rpc = RpcAnalytics(event_id)
+        self._pair: tuple[str, str] = (EVENT_ID_METADATA, event_id)
+        # Set now, so every way the call can end (reply, abort, exception)
+        # carries the id; an outer interceptor's trailing metadata is kept.
+        context.set_trailing_metadata((*context.trailing_metadata(), self._pair))
+
+    # -- recording ------------------------------------------------------------
+
+    def finish(self, code: grpc.StatusCode) -> Awaitable[None] | None:
+        """Hand the event to the recorder, once per call; what is returned
+        (if anything) must be awaited before the reply goes."""
+        if self._recorded:
+            return None
+        self._recorded = True
+        site = self._site
+        record = event_record(
+            self.rpc,
+            occurred_at_ns=self._started_ns,
+            service=site.service,
+            method=site.method,
+            processing_ns=time.perf_counter_ns() - self._t0,
+            # .get: a code grpc does not know (abort given an int, say) must
+            # not make analytics raise into the RPC.
+            status_code=_CODE_NUMBERS.get(code, _UNKNOWN),
+        )
+        try:
+            result = site.recorder.emit(record)
+        except Exception:
+            _log_failure(record)
+            return None
+        # Emitter.emit returns a bool: skip the awaitable check on the hot path.
+        if result is True or result is False or result is None:
+            return None
+        if inspect.isawaitable(result):
+            return _guarded(result, record)
+        return None
+
+    async def finish_awaiting(self, code: grpc.StatusCode) -> None:
+        pending = self.finish(code)
+        if pending is not None:
+            await pending
+
+    # -- the handler's context: changed ------------------------------------
+
+    async def abort(
+        self,
+        code: grpc.StatusCode,
+        details: str = "",
+        trailing_metadata: Any = (),
+    ) -> NoReturn:
+        # grpc sends the status from inside abort: record first.
+        await self.finish_awaiting(code)
+        if trailing_metadata:
+            trailing_metadata = (*trailing_metadata, self._pair)
+        # grpc.aio's abort takes a tuple only.
+        await self._context.abort(code, details, tuple(trailing_metadata))
+
+    async def abort_with_status(self, status: grpc.Status) -> NoReturn:
+        await self.abort(status.code, status.details, status.trailing_metadata)
+
+    def set_trailing_metadata(self, trailing_metadata: Any) -> None:
+        self._context.set_trailing_metadata((*trailing_metadata, self._pair))
+
+    # -- the handler's context: passed through -------------------------------
+
+    async def read(self) -> Any:
+        return await self._context.read()
+
+    async def write(self, message: Any) -> None:
+        await self._context.write(message)
+
+    async def send_initial_metadata(self, initial_metadata: Any) -> None:
+        await self._context.send_initial_metadata(initial_metadata)
+
+    def add_done_callback(self, callback: Any) -> None:
+        self._context.add_done_callback(callback)
+
+    def invocation_metadata(self) -> Any:
+        return self._context.invocation_metadata()
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._context.set_code(code)
+
+    def set_details(self, details: str) -> None:
+        self._context.set_details(details)
+
+    def set_compression(self, compression: grpc.Compression) -> None:
+        self._context.set_compression(compression)
+
+    def disable_next_message_compression(self) -> None:
+        self._context.disable_next_message_compression()
+
+    def peer(self) -> str:
+        return self._context.peer()
+
+    def peer_identities(self) -> Any:
+        return self._context.peer_identities()
+
+    def peer_identity_key(self) -> str | None:
+        return self._context.peer_identity_key()
+
+    def auth_context(self) -> Any:
+        return self._context.auth_context()
+
+    def time_remaining(self) -> Any:
+        return self._context.time_remaining()
+
+    def trailing_metadata(self) -> Any:
+        return self._context.trailing_metadata()
+
+    def code(self) -> Any:
+        return self._context.code()
+
+    def details(self) -> str:
+        return self._context.details()
+
+    def cancelled(self) -> bool:
+        return self._context.cancelled()
+
+    def done(self) -> bool:
+        return self._context.done()
+
+
+async def _guarded(pending: Awaitable[object], record: EventRecord) -> None:
+    try:
+        await pending
+    except Exception:
+        _log_failure(record)
+
+
+def _log_failure(record: EventRecord) -> None:
+    # Logged where it happens (a rare failure, not the request path's normal
+    # work); a CancelledError is not caught: it is the RPC's own.
+    log.exception("analytics_record_failed", event_id=record.event_id, method=record.method)
