@@ -5,10 +5,30 @@ from __future__ import annotations
 from offpath.emitter.base import EventEmitter
 from offpath.kit.metrics import Sample
 
+# Every reason an event can be dropped for, so each series exists from the
+# start at 0 (a rate() over a series that appears mid-way misses its start).
+DROP_REASONS = (
+    # at emit(): never enqueued
+    "queue_full",
+    "shutdown",
+    "unencodable",
+    # after: enqueued, then given up on
+    "too_large",
+    "rejected",
+    "send_failed",
+    "export_error",
+    "shutdown_unsent",
+    "sender_lost",
+    "spool_full",
+    "undecodable",
+    "torn_frame",
+    "corrupt_stream",
+)
+
 
 def emitter_samples(emitter: EventEmitter) -> list[Sample]:
     """Every emitted event is enqueued or dropped; every enqueued one is
-    eventually sent or dropped: the counters add up."""
+    eventually sent, dropped or spooled: the counters add up."""
     stats = emitter.stats
     return [
         Sample(
@@ -22,8 +42,23 @@ def emitter_samples(emitter: EventEmitter) -> list[Sample]:
             "offpath_emitter_events_dropped",
             "Events given up on, by reason.",
             "counter",
-            {(reason,): n for reason, n in sorted(stats.dropped.items())},
+            {
+                (reason,): stats.dropped[reason]
+                for reason in sorted({*DROP_REASONS, *stats.dropped})
+            },
             labels=("reason",),
+        ),
+        Sample(
+            "offpath_emitter_events_spooled",
+            "Events kept in the on-disk spool because they could not be sent.",
+            "counter",
+            {(): stats.spooled},
+        ),
+        Sample(
+            "offpath_emitter_events_replayed",
+            "Events sent from the spool (enqueued by an earlier sender or process).",
+            "counter",
+            {(): stats.replayed},
         ),
         Sample(
             "offpath_emitter_sqs_requests",
