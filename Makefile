@@ -10,12 +10,14 @@ BUF    := $(TOOLS)/node_modules/.bin/buf
 BUF_VERSION := 1.75.0
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: help install gen run test bench lint fmt unit integration e2e lock clean bootstrap
+.PHONY: help install gen run test bench bench-quick bench-readme lint fmt unit integration e2e lock clean bootstrap
 
 help:
 	@echo "make run    start local AWS endpoint + QueryService + AnalyticsIngest (Ctrl-C stops all)"
 	@echo "make test   lint, type-check and run every test"
-	@echo "make bench  latency side by side: echo, analytics off, background, blocking (BENCH_ARGS=...)"
+	@echo "make bench        the performance contract, cell by cell: met / missed (about 8 min)"
+	@echo "make bench-quick  the same cells, fewer and shorter rounds (about 90 s)"
+	@echo "make bench-readme write the README's results table from the newest bench.json"
 	@echo "make gen    regenerate Python code from protos/"
 	@echo "make lock   re-resolve requirements.lock from pyproject.toml and tools/pyproject.toml"
 	@echo "make clean  remove the environment, tools and generated code"
@@ -49,10 +51,19 @@ $(BUF):
 run: install $(BUF)
 	exec $(PY) -m offpath.dev.stack
 
-# Side-by-side latency benchmark on loopback (about 4 minutes at the defaults);
-# results in bench-results/. Extra options: make bench BENCH_ARGS="--rate 100".
+# The benchmark: every goal of the performance contract as a cell with its
+# verdict, from interleaved rounds (medians); results in bench-results/.
+# Extra options: make bench BENCH_ARGS="--rounds 5".
 bench: install
-	$(PY) -m offpath.bench $(BENCH_ARGS)
+	$(PY) -m offpath.bench --profile full $(BENCH_ARGS)
+
+bench-quick: install
+	$(PY) -m offpath.bench --profile quick $(BENCH_ARGS)
+
+# README.md's table between the bench markers, from BENCH_JSON (default: the
+# newest bench-results/*/bench.json).
+bench-readme: install
+	$(PY) -m offpath.bench.readme $(BENCH_JSON)
 
 bootstrap: install
 	$(PY) -m offpath.dev.bootstrap

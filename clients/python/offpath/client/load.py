@@ -1,19 +1,43 @@
-"""Open-loop load: requests start on a fixed schedule, whatever the server
-does, and each latency is measured from the request's *scheduled* start, so
-a stalled server is charged for the queue it causes (no coordinated
-omission)."""
+"""Load generation against QueryService, measuring its own lateness.
+
+Two shapes:
+
+- :func:`run_load`, open loop: requests start on a fixed schedule whatever
+  the server does, and each latency is measured from the request's
+  *scheduled* start, so a stalled server is charged for the queue it causes
+  (no coordinated omission). For latency at a given rate.
+- :func:`run_closed_loop`: a fixed number of requests in flight, each
+  replaced as soon as it completes. For the maximum rate a server sustains.
+
+A load generator is a program on a busy machine too. When it starts a send
+late, the latency it records includes its own delay, not the server's; so it
+measures itself: how far behind schedule each send really started, its own
+event loop's lag, and its own CPU. :attr:`LoadResult.late` says it fell
+behind (more than :data:`LATE_SHARE_LIMIT` of sends started over
+:data:`LATE_NS` late), :attr:`LoadResult.kept_up` whether the server answered
+at the offered rate meanwhile (when it did not, the lateness is the server's
+doing: thousands of calls in flight slow the generator's loop), and
+:attr:`ClosedLoopResult.saturated` when a closed loop was bound by the
+generator's CPU rather than the server's. Python's cyclic garbage collector
+is off while load runs (its pauses would be charged to the server).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
+import gc
 import math
+import os
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import grpc
 
+from offpath.kit.looplag import LagSummary, LoopLagMonitor
 from offpath.v1 import query_pb2, query_pb2_grpc
 
 QUERIES = (
@@ -27,18 +51,131 @@ QUERIES = (
     "vector search",
 )
 
+# A send that starts more than this behind its schedule is late ...
+LATE_NS = 1_000_000
+# ... and a run where more than this share of sends was late measured the
+# load generator as much as the server.
+LATE_SHARE_LIMIT = 0.01
+# A server that answered less than this share of the offered rate while the
+# schedule ran did not keep up with it.
+KEPT_UP_SHARE = 0.9
+# A closed loop whose generator used this share of the cores it may run on
+# was limited by the generator.
+SATURATED_SHARE = 0.9
+# Timers fire up to 1 ms late, so sends are timed to fire up to 1 ms early.
+_EARLY_NS = 1_000_000
+# The generator's own loop is sampled this often (cheap: a timer).
+_LAG_SAMPLE_S = 0.01
+
+# Called with "measure_start" just before the first measured request and
+# "measure_end" once the last one completed, on the generator's loop: keep
+# it short (reading a few /proc files is fine).
+Mark = Callable[[str], None]
+
+
+@contextlib.contextmanager
+def _no_gc_pauses() -> Iterator[None]:
+    """No cyclic garbage collection while load runs.
+
+    At 3,000 req/s the generator holds tens of thousands of objects (tasks,
+    calls, messages), and a full collection stops its loop for 30-60 ms:
+    every send due meanwhile starts late, and the pause would be charged to
+    the server. The runs are bounded, so what cycles they leave waits for the
+    collection at the end.
+    """
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+        gc.collect()
+
+
+def _cpu_s() -> float:
+    """CPU of this whole process (every thread: gRPC's included)."""
+    return time.process_time()
+
 
 @dataclass
 class LoadResult:
-    """Latencies (ns, every measured request, failed ones included) and what
-    went wrong."""
+    """Latencies (ns, every measured request, failed ones included), what
+    went wrong, and how punctual the generator itself was."""
 
     rate: float
     duration_s: float
     latencies_ns: list[int] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     event_ids: list[str] = field(default_factory=list)
-    late_starts: int = 0  # sends that began over 1 ms behind schedule (client overload)
+    # How far behind its schedule each measured send actually started.
+    start_delays_ns: list[int] = field(default_factory=list)
+    loop_lag: LagSummary | None = None
+    cpu_s: float = 0.0  # the generator's CPU over the measured window
+    wall_s: float = 0.0  # the measured window
+    # Measured replies (or failures) that came back before the last send was due.
+    done_by_schedule_end: int = 0
+
+    @property
+    def sends(self) -> int:
+        return len(self.start_delays_ns)
+
+    @property
+    def kept_up_share(self) -> float:
+        """What the server answered while the schedule ran, as a share of what
+        was offered (the few still in flight at the end aside, about 1)."""
+        return self.done_by_schedule_end / self.sends if self.sends else 1.0
+
+    @property
+    def kept_up(self) -> bool:
+        """False when the server answered under :data:`KEPT_UP_SHARE` of the
+        offered rate: a queue built up, and a late generator is then the
+        server's doing (its loop minds thousands of calls in flight)."""
+        return self.kept_up_share >= KEPT_UP_SHARE
+
+    @property
+    def late_starts(self) -> int:
+        """Measured sends that started over :data:`LATE_NS` behind schedule."""
+        return sum(1 for delay in self.start_delays_ns if delay > LATE_NS)
+
+    @property
+    def late_share(self) -> float:
+        return self.late_starts / self.sends if self.sends else 0.0
+
+    @property
+    def late(self) -> bool:
+        """The generator fell behind its own schedule: a tail measured in this
+        run belongs to it as much as to the server."""
+        return self.late_share > LATE_SHARE_LIMIT
+
+
+@dataclass
+class ClosedLoopResult:
+    """Completions in the measured window of a closed loop."""
+
+    concurrency: int
+    duration_s: float
+    completed: int = 0  # successful replies inside the window
+    errors: Counter[str] = field(default_factory=Counter)
+    latencies_ns: list[int] = field(default_factory=list)
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    cores: int = 1  # cores the generator may run on
+
+    @property
+    def qps(self) -> float:
+        return self.completed / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def cpu_share(self) -> float:
+        """The generator's CPU as a share of the cores it may use."""
+        return self.cpu_s / (self.wall_s * self.cores) if self.wall_s else 0.0
+
+    @property
+    def saturated(self) -> bool:
+        """The generator was CPU-bound: the rate measured may be its own."""
+        return self.cpu_share >= SATURATED_SHARE
 
 
 async def run_load(
@@ -48,18 +185,40 @@ async def run_load(
     duration_s: float,
     warmup_s: float,
     timeout_s: float = 5.0,
+    mark: Mark | None = None,
 ) -> LoadResult:
     """Offer ``rate`` requests/s for ``warmup_s + duration_s``; record the
     measured part."""
+    with _no_gc_pauses():
+        return await _open_loop(target, rate, duration_s, warmup_s, timeout_s, mark)
+
+
+async def _open_loop(
+    target: str,
+    rate: float,
+    duration_s: float,
+    warmup_s: float,
+    timeout_s: float,
+    mark: Mark | None,
+) -> LoadResult:
     result = LoadResult(rate=rate, duration_s=duration_s)
     warmup = int(rate * warmup_s)
     total = warmup + int(rate * duration_s)
     interval_ns = int(1e9 / rate)
+    lag = LoopLagMonitor(_LAG_SAMPLE_S)
     async with grpc.aio.insecure_channel(target) as channel:
         stub = query_pb2_grpc.QueryServiceStub(channel)
         await channel.channel_ready()
 
         async def one(i: int, scheduled_ns: int) -> None:
+            # Lateness is taken here, where the send really starts: after the
+            # timer fired and after the task got its turn on the loop.
+            started_ns = time.perf_counter_ns()
+            if i >= warmup:
+                result.start_delays_ns.append(max(0, started_ns - scheduled_ns))
+            # Late: timed from the schedule (the delay is the queue a stalled
+            # server would have caused). Early: from the real start.
+            origin_ns = min(started_ns, scheduled_ns)
             request = query_pb2.QueryRequest(query=QUERIES[i % len(QUERIES)])
             try:
                 reply = await stub.Query(request, timeout=timeout_s)
@@ -67,27 +226,127 @@ async def run_load(
                 # A failed request still took this long: it stays in the
                 # distribution (a timeout is a latency of at least the deadline).
                 if i >= warmup:
-                    result.latencies_ns.append(time.perf_counter_ns() - scheduled_ns)
+                    done.append(time.perf_counter_ns())
+                    result.latencies_ns.append(done[-1] - origin_ns)
                     result.errors[exc.code().name] += 1
                 return
-            latency = time.perf_counter_ns() - scheduled_ns
+            done_ns = time.perf_counter_ns()
+            latency = done_ns - origin_ns
             if i >= warmup:
+                done.append(done_ns)
                 result.latencies_ns.append(latency)
                 if reply.event_id:
                     result.event_ids.append(reply.event_id)
 
-        tasks: list[asyncio.Task[None]] = []
+        done: list[int] = []
+        warm: list[asyncio.Task[None]] = []
+        measured: list[asyncio.Task[None]] = []
         start = time.perf_counter_ns()
+        window_start_ns = 0
+        cpu_start = 0.0
         for i in range(total):
             scheduled = start + i * interval_ns
-            delay = (scheduled - time.perf_counter_ns()) / 1e9
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif delay < -0.001 and i >= warmup:
-                result.late_starts += 1
-            tasks.append(asyncio.create_task(one(i, scheduled)))
-        await asyncio.gather(*tasks)
+            await _until(scheduled)
+            if i == warmup:
+                lag.start()
+                if mark is not None:
+                    mark("measure_start")
+                window_start_ns, cpu_start = time.perf_counter_ns(), _cpu_s()
+            (measured if i >= warmup else warm).append(asyncio.create_task(one(i, scheduled)))
+        await asyncio.gather(*measured)
+        schedule_end = start + (total - 1) * interval_ns
+        result.done_by_schedule_end = sum(1 for t in done if t <= schedule_end)
+        result.wall_s = (time.perf_counter_ns() - window_start_ns) / 1e9
+        result.cpu_s = _cpu_s() - cpu_start
+        if measured:
+            result.loop_lag = await lag.stop()
+            if mark is not None:
+                mark("measure_end")
+        await asyncio.gather(*warm)
     return result
+
+
+async def run_closed_loop(
+    target: str,
+    *,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    timeout_s: float = 5.0,
+    mark: Mark | None = None,
+) -> ClosedLoopResult:
+    """Keep ``concurrency`` requests in flight for ``warmup_s + duration_s``;
+    count what completed in the measured part."""
+    with _no_gc_pauses():
+        return await _closed_loop(target, concurrency, duration_s, warmup_s, timeout_s, mark)
+
+
+async def _closed_loop(
+    target: str,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    timeout_s: float,
+    mark: Mark | None,
+) -> ClosedLoopResult:
+    result = ClosedLoopResult(
+        concurrency=concurrency,
+        duration_s=duration_s,
+        cores=len(os.sched_getaffinity(0)),
+    )
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = query_pb2_grpc.QueryServiceStub(channel)
+        await channel.channel_ready()
+        start = time.perf_counter_ns()
+        window_start = start + int(warmup_s * 1e9)
+        window_end = window_start + int(duration_s * 1e9)
+
+        async def worker(k: int) -> None:
+            i = k
+            while (sent := time.perf_counter_ns()) < window_end:
+                request = query_pb2.QueryRequest(query=QUERIES[i % len(QUERIES)])
+                i += concurrency
+                try:
+                    await stub.Query(request, timeout=timeout_s)
+                    code = None
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code().name
+                done = time.perf_counter_ns()
+                if window_start <= done < window_end:
+                    result.latencies_ns.append(done - sent)
+                    if code is None:
+                        result.completed += 1
+                    else:
+                        result.errors[code] += 1
+
+        async def window() -> None:
+            await asyncio.sleep(max(0.0, (window_start - time.perf_counter_ns()) / 1e9))
+            if mark is not None:
+                mark("measure_start")
+            began, cpu = time.perf_counter_ns(), _cpu_s()
+            await asyncio.sleep(max(0.0, (window_end - time.perf_counter_ns()) / 1e9))
+            result.cpu_s = _cpu_s() - cpu
+            result.wall_s = (time.perf_counter_ns() - began) / 1e9
+            if mark is not None:
+                mark("measure_end")
+
+        await asyncio.gather(window(), *(worker(k) for k in range(concurrency)))
+    return result
+
+
+async def _until(when_ns: int) -> None:
+    """Wait until at most :data:`_EARLY_NS` before ``when_ns`` (perf_counter).
+
+    asyncio's timers fire up to 1 ms late on Linux (the epoll selector rounds
+    its timeout up to whole milliseconds), which would make a fifth of the
+    sends at 200 req/s "late" by themselves. So the timer is set 1 ms early
+    and fires between 1 ms early and on time; a send that starts early is
+    timed from its real start. (Spinning until the exact moment would keep
+    the GIL from gRPC's completion-queue thread and delay replies.)
+    """
+    delay = when_ns - time.perf_counter_ns() - _EARLY_NS
+    if delay > 0:
+        await asyncio.sleep(delay / 1e9)
 
 
 def percentile(sorted_values: list[int], q: float) -> float:

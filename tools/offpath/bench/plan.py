@@ -1,0 +1,167 @@
+"""What a benchmark run measures: the variants, the phases, and the profiles
+(``full`` for ``make bench``, ``quick`` for ``make bench-quick``, ``smoke``
+for the end-to-end test) that size them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+ENV_SENDER = "OFFPATH_EMIT_SENDER"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One server configuration."""
+
+    name: str
+    module: str = "offpath.query"
+    env: dict[str, str] = field(default_factory=dict)
+    proxy: tuple[str, ...] | None = None  # fault proxy arguments, after --upstream
+    # The sender this variant asks for explicitly (None: the default one).
+    sender: str | None = None
+    # Events reach DynamoDB: the next run waits until they have, so the
+    # ingest side's work does not overlap it.
+    delivers: bool = False
+    # Reply-to-readable delay is sampled from this variant's events.
+    freshness: bool = False
+
+    @property
+    def analytics(self) -> bool:
+        return self.env.get("OFFPATH_ANALYTICS") == "background"
+
+
+_BACKGROUND = {"OFFPATH_ANALYTICS": "background"}
+
+VARIANTS = {
+    v.name: v
+    for v in (
+        # A bare grpc.aio server with a fixed reply: the floor.
+        Variant("echo", "offpath.bench.echo"),
+        # The baseline of every ratio.
+        Variant("off", env={"OFFPATH_ANALYTICS": "off"}),
+        # The product, with the default sender ...
+        Variant("background", env=_BACKGROUND, delivers=True, freshness=True),
+        # ... and with each sender named (one is the default: it is skipped
+        # as a duplicate of "background"; one may not exist yet: its server
+        # refuses to start and the variant is reported as not available).
+        Variant(
+            "background-thread",
+            env={**_BACKGROUND, ENV_SENDER: "thread"},
+            sender="thread",
+            delivers=True,
+            freshness=True,
+        ),
+        Variant(
+            "background-process",
+            env={**_BACKGROUND, ENV_SENDER: "process"},
+            sender="process",
+            delivers=True,
+            freshness=True,
+        ),
+        Variant("background-sqs-slow", env=_BACKGROUND, proxy=("--delay-ms", "100"), delivers=True),
+        # SQS accepts connections and never answers: nothing is delivered,
+        # and the drain at shutdown gives up after a second.
+        Variant(
+            "background-sqs-down",
+            env={**_BACKGROUND, "OFFPATH_EMIT_DRAIN_TIMEOUT_S": "1"},
+            proxy=("--blackhole",),
+        ),
+        # Each query awaits its own SQS call before replying (what the
+        # original paid per query); only at the contrast rate, which the
+        # local endpoint absorbs.
+        Variant("blocking", env={"OFFPATH_ANALYTICS": "blocking"}, delivers=True),
+    )
+}
+BASELINE = "off"
+
+PhaseName = Literal["latency", "max_qps", "at_max", "contrast"]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Rounds of one kind of load over some variants."""
+
+    name: PhaseName
+    variants: tuple[str, ...]
+    warmup_s: float
+    duration_s: float
+    rate: float = 0.0  # open loop; at_max: set from the measured maximum
+    concurrency: int = 0  # closed loop (max_qps)
+
+    @property
+    def closed(self) -> bool:
+        return self.concurrency > 0
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How many rounds of what, per CPU mode."""
+
+    name: str
+    rounds: int
+    phases: tuple[Phase, ...]
+    # Unpinned mode (the second look, when the primary is pinned): these
+    # phases only.
+    unpinned_phases: tuple[Phase, ...]
+    at_max_fraction: float = 0.8
+    freshness_sample: int = 100
+    # Seconds to wait for a run's last event to be readable before the next run.
+    settle_timeout_s: float = 15.0
+
+    def with_overrides(self, *, rounds: int | None = None, rate: float | None = None) -> Profile:
+        profile = self if rounds is None else replace(self, rounds=rounds)
+        if rate is None:
+            return profile
+
+        def at(phase: Phase) -> Phase:
+            return replace(phase, rate=rate) if phase.name == "latency" else phase
+
+        return replace(
+            profile,
+            phases=tuple(at(p) for p in profile.phases),
+            unpinned_phases=tuple(at(p) for p in profile.unpinned_phases),
+        )
+
+
+_SENDERS = ("background", "background-thread", "background-process")
+_FAULTS = ("background-sqs-slow", "background-sqs-down")
+
+PROFILES = {
+    p.name: p
+    for p in (
+        Profile(
+            "full",
+            rounds=3,
+            phases=(
+                Phase("latency", ("echo", "off", *_SENDERS, *_FAULTS), 2.0, 8.0, rate=200.0),
+                Phase("max_qps", ("off", *_SENDERS), 1.0, 3.0, concurrency=32),
+                Phase("at_max", ("off", *_SENDERS), 1.0, 5.0),
+                Phase("contrast", ("off", "blocking"), 1.0, 4.0, rate=50.0),
+            ),
+            unpinned_phases=(Phase("latency", ("off", "background"), 2.0, 8.0, rate=200.0),),
+        ),
+        Profile(
+            "quick",
+            rounds=2,
+            phases=(
+                Phase("latency", ("off", *_SENDERS, *_FAULTS), 0.5, 2.0, rate=200.0),
+                Phase("max_qps", ("off", "background"), 0.5, 1.5, concurrency=32),
+                Phase("at_max", ("off", "background"), 0.5, 1.5),
+            ),
+            unpinned_phases=(),
+            freshness_sample=50,
+        ),
+        Profile(
+            "smoke",
+            rounds=1,
+            phases=(
+                Phase("latency", ("off", "background", *_FAULTS), 0.3, 1.0, rate=100.0),
+                Phase("max_qps", ("off", "background"), 0.3, 1.0, concurrency=8),
+                Phase("at_max", ("off", "background"), 0.3, 1.0),
+            ),
+            unpinned_phases=(),
+            freshness_sample=20,
+        ),
+    )
+}
