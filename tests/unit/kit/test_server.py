@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 import grpc
@@ -19,8 +19,9 @@ import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from offpath.kit.server import StartupError, serve
-from offpath.kit.settings import ServerSettings
+from offpath.kit.server import STARTUP_ERROR_EXIT, StartupError, run_service, serve
+from offpath.kit.settings import ServerSettings, SettingsError
+from offpath.kit.workers import reserve_port
 
 SLOW_SERVICE = "offpath.test.Slow"
 SLOW_METHOD = f"/{SLOW_SERVICE}/Wait"
@@ -392,3 +393,92 @@ class TestStartup:
                     TIMEOUT_S,
                 )
         assert order == []
+
+
+class TestWorkers:
+    """serve() as one of a supervisor's workers: a shared port, its own log names, and
+    word to the supervisor once it serves."""
+
+    @staticmethod
+    def _serve(port: int, stop: asyncio.Event, **options: Any) -> asyncio.Task[None]:
+        settings = ServerSettings(
+            host="127.0.0.1", port=port, metrics_port=0, grace_s=0.0, loop_lag_sample_ms=0
+        )
+        return asyncio.get_running_loop().create_task(
+            serve(
+                settings,
+                service_names=[],
+                add_servicers=lambda _s: None,
+                stop_event=stop,
+                **options,
+            )
+        )
+
+    async def test_workers_share_a_reserved_port_and_say_when_they_serve(self) -> None:
+        """Two servers with reuse_port bind the one port a reservation holds; each calls
+        on_serving with it once health says SERVING, and logs worker_serving and
+        worker_shutdown_complete instead of the service's server_started and
+        shutdown_complete."""
+        reservation = reserve_port("127.0.0.1", 0)
+        port = reservation.getsockname()[1]
+        stop = asyncio.Event()
+        serving: list[tuple[int, int]] = []
+        with structlog.testing.capture_logs() as logs:
+            tasks = []
+            for index in (0, 1):
+
+                def note(bound: int, index: int = index) -> None:
+                    serving.append((index, bound))
+
+                tasks.append(
+                    self._serve(port, stop, reuse_port=True, worker=index, on_serving=note)
+                )
+            try:
+                async with asyncio.timeout(TIMEOUT_S):
+                    while len(serving) < 2:
+                        for task in tasks:
+                            if task.done():
+                                task.result()
+                        await asyncio.sleep(0.01)
+                assert await probe(port) == grpc.StatusCode.OK
+            finally:
+                stop.set()
+                await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT_S)
+                reservation.close()
+        assert sorted(serving) == [(0, port), (1, port)]
+        events = [r["event"] for r in logs]
+        assert events.count("worker_serving") == 2
+        assert events.count("worker_shutdown_complete") == 2
+        assert "server_started" not in events
+        assert "shutdown_complete" not in events
+
+    async def test_without_reuse_port_a_shared_port_is_refused(self) -> None:
+        """By default a server does not share its port: one a reservation holds is a
+        StartupError (a second service started on the same port by mistake fails loudly)."""
+        reservation = reserve_port("127.0.0.1", 0)
+        port = reservation.getsockname()[1]
+        try:
+            with pytest.raises(StartupError, match=f"127.0.0.1:{port}"):
+                await asyncio.wait_for(self._serve(port, asyncio.Event()), TIMEOUT_S)
+        finally:
+            reservation.close()
+
+
+def test_run_service_hands_the_startup_error_to_report(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With report given (a worker), a start-up error goes to it, not to stderr, and the
+    exit code is still 2."""
+    reported: list[str] = []
+
+    def bad_settings(_env: Mapping[str, str]) -> ServerSettings:
+        raise SettingsError("OFFPATH_X='y' is not an integer")
+
+    async def never(_settings: ServerSettings) -> None:
+        raise AssertionError("run must not be called")
+
+    with pytest.raises(SystemExit) as exited:
+        run_service("prog", "svc", bad_settings, never, report=reported.append)
+    assert exited.value.code == STARTUP_ERROR_EXIT == 2
+    assert reported == ["OFFPATH_X='y' is not an integer"]
+    assert capsys.readouterr().err == ""

@@ -41,7 +41,11 @@ def configure_logging(service: str, level: str = "info") -> None:
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        # One write() per line (PrintLogger's print() makes two, the line and
+        # its newline, when stdout is unbuffered): processes sharing stdout
+        # (a supervisor, its workers, their senders) cannot tear each
+        # other's lines.
+        logger_factory=structlog.WriteLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stdout)

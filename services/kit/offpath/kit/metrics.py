@@ -3,21 +3,36 @@
 Nothing here touches the request path: collectors read the counters the
 emitter and the consumer already keep, at scrape time. ``port`` 0 binds a
 free port; the bound port is logged as ``metrics_started``.
+
+A supervisor of worker processes serves one endpoint for all of them:
+:func:`federate` merges the workers' expositions (read with :func:`scrape`
+at scrape time) and labels each sample with the worker it came from.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import http.client
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from socketserver import ThreadingMixIn
+from typing import Any, Final
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import structlog
-from prometheus_client import start_http_server
+from prometheus_client import make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from offpath.kit.server import StartupError
 
 log = structlog.get_logger("offpath.metrics")
+
+# Where a process's private endpoints listen (a worker's /metrics, read only
+# by its supervisor on the same host).
+LOOPBACK: Final = "127.0.0.1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +46,19 @@ class Sample:
     labels: tuple[str, ...] = ()
 
 
+def families(samples: Iterable[Sample]) -> Iterator[Metric]:
+    """Prometheus metric families for ``samples``."""
+    for sample in samples:
+        family: CounterMetricFamily | GaugeMetricFamily
+        if sample.kind == "counter":
+            family = CounterMetricFamily(sample.name, sample.help, labels=sample.labels)
+        else:
+            family = GaugeMetricFamily(sample.name, sample.help, labels=sample.labels)
+        for label_values, value in sample.values.items():
+            family.add_metric(list(label_values), value)
+        yield family
+
+
 class CallbackCollector(Collector):
     """Builds metric families from ``read()`` at every scrape."""
 
@@ -38,40 +66,135 @@ class CallbackCollector(Collector):
         self._read = read
 
     def collect(self) -> Iterable[Metric]:
-        for sample in self._read():
-            family: CounterMetricFamily | GaugeMetricFamily
-            if sample.kind == "counter":
-                family = CounterMetricFamily(sample.name, sample.help, labels=sample.labels)
-            else:
-                family = GaugeMetricFamily(sample.name, sample.help, labels=sample.labels)
-            for label_values, value in sample.values.items():
-                family.add_metric(list(label_values), value)
-            yield family
+        return families(self._read())
+
+
+def federate(sources: Iterable[tuple[str, str]], label: str) -> list[Metric]:
+    """The metric families of several expositions (``(source, text)`` pairs)
+    as one: families of the same name are merged, and every sample gets
+    ``label=source``, so a sum over the label is the whole. A text that does
+    not parse is left out and logged; the others still count."""
+    merged: dict[str, Metric] = {}
+    for source, text in sources:
+        try:
+            parsed = list(text_string_to_metric_families(text))
+        except ValueError as exc:
+            log.warning("metrics_unparsable", source=source, error=str(exc))
+            continue
+        for family in parsed:
+            target = merged.get(family.name)
+            if target is None:
+                target = Metric(family.name, family.documentation, family.type, family.unit)
+                merged[family.name] = target
+            for sample in family.samples:
+                target.add_sample(
+                    sample.name,
+                    {**sample.labels, label: source},
+                    sample.value,
+                    sample.timestamp,
+                    sample.exemplar,
+                )
+    return list(merged.values())
+
+
+def scrape(port: int, timeout: float, host: str = LOOPBACK) -> str:
+    """The text of ``http://host:port/metrics``. Raises OSError (refused,
+    timed out) or :class:`http.client.HTTPException`.
+
+    http.client rather than urllib: urllib would honour ``http_proxy`` and
+    send a loopback scrape through the host's proxy."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", "/metrics")
+        response = connection.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise http.client.HTTPException(f"/metrics answered {response.status}")
+        return body.decode("utf-8")
+    finally:
+        connection.close()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not log events."""
+
+
+def _server_class(host: str, port: int) -> tuple[type[WSGIServer], str]:
+    """A threading WSGI server class of the address family ``host`` needs
+    (an IPv6 address cannot be bound by an AF_INET server)."""
+    family, _, _, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+
+    class Server(ThreadingMixIn, WSGIServer):
+        address_family = family
+        daemon_threads = True
+
+    return Server, str(address[0])
+
+
+class MetricsEndpoint:
+    """A /metrics endpoint whose port is bound when it is made and which
+    answers from :meth:`start` on, on a thread of its own.
+
+    Split in two so that a process can claim its port (a port in use is a
+    start-up error, and ``event``, by default ``metrics_started``, is logged)
+    before it starts other processes, and start its thread after: a
+    supervisor has no thread when it spawns its workers. Scrapes arriving in
+    between wait in the backlog.
+    """
+
+    def __init__(
+        self, host: str, port: int, collector: Collector, *, event: str = "metrics_started"
+    ) -> None:
+        registry = CollectorRegistry()
+        registry.register(collector)
+        try:
+            server_class, address = _server_class(host, port)
+            self._server = make_server(
+                address,
+                port,
+                make_wsgi_app(registry),
+                server_class,
+                handler_class=_QuietHandler,
+            )
+        except OSError as exc:
+            raise StartupError(f"cannot bind metrics port {host}:{port}: {exc}") from exc
+        self.port = int(self._server.server_address[1])
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        log.info(event, host=host, port=self.port)
+
+    def start(self) -> None:
+        if self._thread is not None or self._stopped:
+            return
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop answering and release the port; safe to call twice."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._thread is not None:
+            # shutdown() waits for serve_forever to return: only when it runs.
+            self._server.shutdown()
+            self._thread.join(5)
+        self._server.server_close()
 
 
 def serve_metrics(
-    host: str, port: int, read: Callable[[], Iterable[Sample]]
+    host: str,
+    port: int,
+    read: Callable[[], Iterable[Sample]],
+    *,
+    event: str = "metrics_started",
 ) -> tuple[int, Callable[[], None]]:
     """Start the /metrics endpoint on its own thread; returns the bound port
-    and a function that stops it."""
-    registry = CollectorRegistry()
-    registry.register(CallbackCollector(read))
-    try:
-        server, thread = start_http_server(port, addr=host, registry=registry)
-    except OSError as exc:
-        raise StartupError(f"cannot bind metrics port {host}:{port}: {exc}") from exc
-    bound = int(server.server_address[1])
-    log.info("metrics_started", host=host, port=bound)
-
-    stopped = False
-
-    def stop() -> None:
-        nonlocal stopped
-        if stopped:  # safe to call twice
-            return
-        stopped = True
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-    return bound, stop
+    and a function that stops it. The bound port is logged as ``event``."""
+    endpoint = MetricsEndpoint(host, port, CallbackCollector(read), event=event)
+    endpoint.start()
+    return endpoint.port, endpoint.stop

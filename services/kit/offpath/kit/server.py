@@ -13,7 +13,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
 import structlog
@@ -34,17 +34,27 @@ _MAX_RECEIVE_BYTES = 1 * 1024 * 1024
 
 ServerHook = Callable[[], Awaitable[None]]
 
+# How a service that cannot start ends (run_service); a supervisor tells a
+# worker's start-up error from a crash by it.
+STARTUP_ERROR_EXIT = 2
+
 
 class StartupError(RuntimeError):
     """The service cannot start (a port in use, unreadable data, ...); the
     message says what to fix."""
 
 
-def server_options() -> list[tuple[str, int]]:
-    """Channel arguments for our servers."""
+def server_options(*, reuse_port: bool = False) -> list[tuple[str, int]]:
+    """Channel arguments for our servers.
+
+    SO_REUSEPORT is off unless asked for: with it, a second server started on
+    the same port by mistake would silently share its traffic instead of
+    failing to bind. Workers of one supervisor ask for it, to share the port
+    on purpose.
+    """
     return [
         ("grpc.max_receive_message_length", _MAX_RECEIVE_BYTES),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
 
 
@@ -57,6 +67,9 @@ async def serve(
     on_started: ServerHook | None = None,
     on_stopped: ServerHook | None = None,
     stop_event: asyncio.Event | None = None,
+    reuse_port: bool = False,
+    worker: int | None = None,
+    on_serving: Callable[[int], None] | None = None,
 ) -> None:
     """Run a server until SIGTERM/SIGINT (or ``stop_event``), then shut down.
 
@@ -64,9 +77,24 @@ async def serve(
     and reflection are added here. Port 0 binds a free port; the bound port
     is logged as ``server_started`` (tests read it from there). The event
     loop's lag is sampled while serving and logged as ``loop_lag`` at the end.
+    ``on_serving(port)`` runs once health says SERVING.
+
+    ``worker``: this server is worker ``worker`` of a supervisor that speaks
+    for the service (``offpath.query.supervisor``): its ready and last lines
+    are ``worker_serving`` and ``worker_shutdown_complete``, because
+    ``server_started`` and ``shutdown_complete`` in the service's log are the
+    supervisor's (the workers write to the same stream, and readers take the
+    first ``server_started`` as the service's).
     """
     host, port, grace_s = settings.host, settings.port, settings.grace_s
-    server = grpc.aio.server(interceptors=interceptors, options=server_options())
+    ready_event, done_event = (
+        ("server_started", "shutdown_complete")
+        if worker is None
+        else ("worker_serving", "worker_shutdown_complete")
+    )
+    server = grpc.aio.server(
+        interceptors=interceptors, options=server_options(reuse_port=reuse_port)
+    )
     add_servicers(server)
     # grpc_health exposes its asyncio servicer as `health.aio`, untyped.
     health = health_module.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -100,12 +128,14 @@ async def serve(
             if lag is not None:
                 lag.start()
             log.info(
-                "server_started",
+                ready_event,
                 host=host,
                 port=bound,
                 services=list(service_names),
                 pid=os.getpid(),
             )
+            if on_serving is not None:
+                on_serving(bound)
             await stop.wait()
             log.info("shutdown_started", signal=received[0] if received else None, grace_s=grace_s)
             if lag is not None:
@@ -118,7 +148,7 @@ async def serve(
     finally:
         # Idempotent; covers the error paths above.
         await server.stop(None)
-    log.info("shutdown_complete")
+    log.info(done_event)
 
 
 class _ServiceSettings(Protocol):
@@ -134,20 +164,30 @@ def run_service(
     service: str,
     load_settings: Callable[[Mapping[str, str]], SettingsT],
     run: Callable[[SettingsT], Coroutine[Any, Any, None]],
+    *,
+    report: Callable[[str], None] | None = None,
 ) -> None:
     """A service's ``main``: settings from the environment, logging, then
     ``run`` until shutdown. A bad setting or a :class:`StartupError` ends the
     process with exit code 2 and a one-line message (on stderr and as a
-    ``startup_failed`` log event), not a traceback."""
+    ``startup_failed`` log event), not a traceback. ``report`` takes the
+    message instead of stderr (a worker tells its supervisor, which prints
+    the one line for the service)."""
+
+    def fail(message: str) -> NoReturn:
+        if report is None:
+            print(f"{program}: {message}", file=sys.stderr)
+        else:
+            report(message)
+        sys.exit(STARTUP_ERROR_EXIT)
+
     try:
         settings = load_settings(environ())
     except SettingsError as exc:
-        print(f"{program}: {exc}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(exc))
     configure_logging(service, settings.log_level)
     try:
         asyncio.run(run(settings))
     except (SettingsError, StartupError) as exc:
         log.error("startup_failed", error=str(exc))
-        print(f"{program}: {exc}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(exc))
