@@ -114,8 +114,8 @@ class TestCells:
         assert cell.excluded == {GENERATOR_LATE: 1}
 
     def test_every_goal_of_the_latency_phase(self) -> None:
-        """The product gets p99, p99.9, loop lag, CPU, burst, SQS requests and
-        freshness; each fault variant its p99 cell."""
+        """The product gets p99, p99.9, loop lag, CPU, burst and SQS requests;
+        each fault variant its p99 cell; freshness comes from its own phase."""
         latency = phase(
             [
                 {
@@ -126,7 +126,8 @@ class TestCells:
                 }
             ]
         )
-        cells = cells_for_mode("pinned", mode_result({"latency": latency}))
+        freshness = phase([{"background": background(2.0)}])
+        cells = cells_for_mode("pinned", mode_result({"latency": latency, "freshness": freshness}))
         product = by_goal(cells)
         assert set(product) == {
             "p99",
@@ -137,6 +138,9 @@ class TestCells:
             "sqs_per_1000",
             "freshness",
         }
+        assert "freshness" not in by_goal(
+            cells_for_mode("pinned", mode_result({"latency": latency}))
+        )
         assert product["cpu_per_event"].value == pytest.approx(3.0)  # µs per event
         assert product["loop_lag"].value == pytest.approx(1.1)
         assert by_goal(cells, "background-sqs-slow")["p99_sqs_slow"].verdict == MISSED

@@ -142,12 +142,6 @@ def cells_for_mode(mode: str, result: dict[str, Any]) -> list[Cell]:
                     mode,
                     _own_rounds(latency, variant, lambda r: _get(r, "sqs", "per_1000_events")),
                 ),
-                evaluate(
-                    "freshness",
-                    variant,
-                    mode,
-                    _own_rounds(latency, variant, lambda r: _get(r, "freshness", "p99_s")),
-                ),
             ]
         for variant, goal in _FAULTS.items():
             if variant in unavailable:
@@ -156,6 +150,18 @@ def cells_for_mode(mode: str, result: dict[str, Any]) -> list[Cell]:
                 )
             elif _present(latency, variant):
                 cells.append(evaluate(goal, variant, mode, _ratio_rounds(latency, variant, _p99)))
+    freshness = phases.get("freshness")
+    if freshness is not None:
+        for variant in _PRODUCT:
+            if variant not in unavailable and _present(freshness, variant):
+                cells.append(
+                    evaluate(
+                        "freshness",
+                        variant,
+                        mode,
+                        _own_rounds(freshness, variant, lambda r: _get(r, "freshness", "p99_s")),
+                    )
+                )
     for phase_name, goal, get in (
         ("max_qps", "max_qps", lambda r: _get(r, "qps")),
         ("at_max", "p99_at_max", _p99),

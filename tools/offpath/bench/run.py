@@ -31,9 +31,11 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -453,7 +455,8 @@ class ModeRunner:
             serving=self.serving,
         )
         clock.append(time.monotonic())
-        load = self._load(phase, f"127.0.0.1:{server.port}", window.mark)
+        with self._ingest_paused(phase.pause_ingest):
+            load = self._load(phase, f"127.0.0.1:{server.port}", window.mark)
         clock.append(time.monotonic())
         counters = _scrape(server.metrics_port)
         code = self.stack.stop_child(name)
@@ -487,7 +490,7 @@ class ModeRunner:
             run["sqs"] = sqs
         if isinstance(load, LoadResult) and variant.delivers and load.event_ids:
             assert self._client is not None
-            if variant.freshness and phase.name == "latency":
+            if variant.freshness and phase.name == "freshness":
                 run["freshness"] = _freshness(
                     self._client, load.event_ids, self.profile.freshness_sample
                 )
@@ -633,6 +636,20 @@ class ModeRunner:
         for name, variant in VARIANTS.items():
             if variant.sender == sender and name not in self._ran:
                 self.duplicates[name] = f"same as background (its default sender is {sender})"
+
+    @contextlib.contextmanager
+    def _ingest_paused(self, pause: bool) -> Iterator[None]:
+        """SIGSTOP AnalyticsIngest for the measured load (see Phase.pause_ingest);
+        it resumes afterwards and drains what queued meanwhile."""
+        process = self.stack.children["ingest"].process
+        if not pause or process.poll() is not None:
+            yield
+            return
+        process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            process.send_signal(signal.SIGCONT)
 
     def _settle(self, last_event_id: str) -> None:
         """Wait until the run's last event is readable, so the ingest side has

@@ -47,6 +47,7 @@ from offpath.v1 import analytics_pb2
 log = structlog.get_logger("offpath.emitter.child")
 
 _READ_SIZE = 1 << 20
+_LOWEST_PRIORITY = 19
 # After a read that found events, wait this long before the next: wake-ups
 # stay at most twenty a second whatever the request rate (the pipe holds the
 # rest, thousands of events). A wake-up has a fixed cost, and not a small
@@ -368,11 +369,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--service", default="emitter")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
+    # The lowest priority: analytics yield to whatever else runs where the
+    # sender does (a serving process, a client, other pods). Measured on the
+    # 2-core machine with the sender beside the load generator: at normal
+    # priority its sends delayed the generator and Query p99 read 2.2x off.
+    with contextlib.suppress(OSError):
+        os.nice(_LOWEST_PRIORITY - os.nice(0))
     configure_logging(f"{args.service}-sender", args.log_level)
     settings = EmitterSettings.from_json(args.settings)
     factory = load_sink_factory(args.sink)
     sink = factory(settings) if args.sink_arg is None else factory(settings, args.sink_arg)
-    log.info("sender_started", pid=os.getpid(), parent=os.getppid(), sink=args.sink)
+    log.info(
+        "sender_started", pid=os.getpid(), parent=os.getppid(), sink=args.sink, nice=os.nice(0)
+    )
     with contextlib.suppress(KeyboardInterrupt):
         SenderProcess(settings, sink, args.events_fd, args.reports_fd).run()
     sys.exit(0)
