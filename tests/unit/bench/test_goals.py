@@ -9,11 +9,14 @@ from offpath.bench.goals import (
     CORE_SHARED,
     GENERATOR_LATE,
     GOALS,
+    MEASURED,
+    MEASURES,
     MET,
     MISSED,
     NOT_AVAILABLE,
     RoundValue,
     evaluate,
+    measure,
 )
 
 # Every goal of the contract (item 3 of "The emitter, proven").
@@ -135,3 +138,51 @@ class TestDisturbedRounds:
             MET,
         )
         assert record["target"] == "≤ 1.05"
+
+
+class TestFigures:
+    """Figures without a goal: the same rounds, medians and exclusions as a
+    cell, and no verdict on the value."""
+
+    def test_the_median_of_the_rounds_is_measured_not_judged(self) -> None:
+        """A value is reported as measured, with the spread of its rounds."""
+        figure = measure(
+            "workers_qps",
+            "off",
+            "unpinned",
+            [RoundValue(1.3), RoundValue(1.1), RoundValue(1.2)],
+            "8 connections",
+        )
+        assert figure.value == pytest.approx(1.2)
+        assert figure.verdict == MEASURED
+        assert figure.detail() == "rounds 1.1 to 1.3; 8 connections"
+
+    def test_disturbed_rounds_are_left_out_and_counted(self) -> None:
+        """As in the throughput cells; every round left out names the reason."""
+        figure = measure(
+            "workers_qps",
+            "off",
+            "unpinned",
+            [RoundValue(1.3), RoundValue(0.6, CORE_SHARED)],
+        )
+        assert figure.value == pytest.approx(1.3)
+        assert "1 of 2 rounds left out: serving core shared" in figure.detail()
+        only_disturbed = measure("workers_qps", "off", "unpinned", [RoundValue(0.6, CORE_SHARED)])
+        assert only_disturbed.value is None
+        assert only_disturbed.verdict == CORE_SHARED
+        assert measure("workers_qps", "off", "unpinned", []).verdict == NOT_AVAILABLE
+
+    def test_as_dict_keeps_every_round(self) -> None:
+        """The JSON names the figure and keeps each round, disturbed or not."""
+        data = measure(
+            "workers_qps", "background", "unpinned", [RoundValue(1.25), RoundValue(2.0, "x")]
+        ).as_dict()
+        assert data["figure"] == "workers_qps"
+        assert data["title"] == MEASURES["workers_qps"].title
+        assert data["value"] == 1.25
+        assert data["rounds"] == [
+            {"value": 1.25, "disturbed": None},
+            {"value": 2.0, "disturbed": "x"},
+        ]
+        assert data["verdict"] == MEASURED
+        assert "threshold" not in data

@@ -68,3 +68,33 @@ def test_a_readme_without_markers_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         readme.main([str(source), "--readme", str(target)])
     assert target.read_text() == "no markers\n"
+
+
+def test_the_figures_without_a_goal_follow_the_cells(tmp_path: Path) -> None:
+    """A run with the workers phase: its gain is a row of a second table,
+    value and rounds, no verdict column of met / missed."""
+    figure = {
+        "figure": "workers_qps",
+        "title": "Max QPS, 2 workers ÷ 1 worker",
+        "unit": "",
+        "variant": "background",
+        "mode": "unpinned",
+        "value": 1.27,
+        "rounds": [{"value": 1.27, "disturbed": None}, {"value": 1.3, "disturbed": None}],
+        "used": 2,
+        "excluded": {},
+        "verdict": "measured",
+        "detail": "rounds 1.27 to 1.3; 8 connections, 4 in flight on each",
+    }
+    source = tmp_path / "bench.json"
+    source.write_text(json.dumps({**REPORT, "figures": [figure]}))
+    target = tmp_path / "README.md"
+    target.write_text(f"{BEGIN}\n{END}\n")
+    readme.main([str(source), "--readme", str(target)])
+    text = target.read_text()
+    assert "Measured, no goal in the contract" in text
+    assert (
+        "| unpinned | Max QPS, 2 workers ÷ 1 worker | background | 1.27 | 1.27 1.3 "
+        "| rounds 1.27 to 1.3; 8 connections, 4 in flight on each |"
+    ) in text
+    assert text.index("| pinned | Query p99") < text.index("| unpinned | Max QPS, 2 workers")

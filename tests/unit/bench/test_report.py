@@ -8,11 +8,13 @@ from typing import Any
 
 import pytest
 
-from offpath.bench.goals import GENERATOR_LATE, MET, MISSED, NOT_AVAILABLE
+from offpath.bench.goals import CORE_SHARED, GENERATOR_LATE, MEASURED, MET, MISSED, NOT_AVAILABLE
 from offpath.bench.report import (
     BEGIN,
     END,
+    FIGURES_HEADING,
     cells_for_mode,
+    figures_for_mode,
     readme_block,
     replace_block,
     summarize,
@@ -199,6 +201,99 @@ class TestCells:
         assert "2440 req/s" in cells["p99_at_max"].detail()
 
 
+def closed(qps: float, disturbed: str | None = None, **extra: Any) -> Run:
+    """A closed-loop run: what the throughput figures read."""
+    return {"qps": qps, "disturbed": disturbed, "latency_ms": {"p99": 10.0}, **extra}
+
+
+def workers_phase(rounds: list[dict[str, Run]], **extra: Any) -> dict[str, Any]:
+    return phase(rounds, rate=0.0, concurrency=32, channels=8, **extra)
+
+
+def unpinned(phases: dict[str, Any], unavailable: dict[str, str] | None = None) -> Any:
+    """An unpinned mode's result: the generator on the serving cores."""
+    result = mode_result(phases, unavailable)
+    result["serving_cpus"] = result["other_cpus"] = [0, 1]
+    return result
+
+
+class TestWorkersFigures:
+    def test_the_gain_is_taken_within_each_round_per_analytics_mode(self) -> None:
+        """2 workers over 1 worker's max QPS in the same round: one figure for
+        analytics off, one for background, each a median of rounds."""
+        workers = workers_phase(
+            [
+                {
+                    "off": closed(3000.0),
+                    "off-2-workers": closed(3600.0),
+                    "background": closed(2800.0),
+                    "background-2-workers": closed(3500.0),
+                },
+                {
+                    "off-2-workers": closed(4000.0),
+                    "off": closed(3200.0),
+                    "background-2-workers": closed(2900.0),
+                    "background": closed(2900.0),
+                },
+            ]
+        )
+        figures = {
+            f.variant: f for f in figures_for_mode("unpinned", unpinned({"workers": workers}))
+        }
+        assert set(figures) == {"off", "background"}
+        assert [r.value for r in figures["off"].rounds] == pytest.approx([1.2, 1.25])
+        assert figures["off"].value == pytest.approx(1.225)
+        assert figures["background"].value == pytest.approx((1.25 + 1.0) / 2)
+        assert figures["off"].verdict == MEASURED
+        detail = figures["off"].detail()
+        assert "8 connections, 4 in flight on each" in detail
+        assert "load generator on the same 2 cores" in detail
+
+    def test_a_disturbed_run_leaves_its_round_out(self) -> None:
+        """Either side disturbed: that round's gain is not evidence."""
+        workers = workers_phase(
+            [
+                {"off": closed(3000.0), "off-2-workers": closed(3600.0)},
+                {"off": closed(3000.0, CORE_SHARED), "off-2-workers": closed(6000.0)},
+            ]
+        )
+        (figure,) = figures_for_mode("unpinned", unpinned({"workers": workers}))
+        assert figure.value == pytest.approx(1.2)
+        assert figure.excluded == {CORE_SHARED: 1}
+
+    def test_no_workers_phase_no_figures(self) -> None:
+        """The pinned mode (or a profile without the phase) has none."""
+        latency = phase([{"off": run(2.0), "background": background(2.0)}])
+        assert figures_for_mode("pinned", mode_result({"latency": latency})) == []
+
+    def test_a_server_that_did_not_start_is_named(self) -> None:
+        """A 2-worker variant that refused to start gives a figure saying why."""
+        workers = workers_phase([{"off": closed(3000.0)}], variants=["off", "off-2-workers"])
+        (figure,) = figures_for_mode(
+            "unpinned", unpinned({"workers": workers}, {"off-2-workers": "cannot bind"})
+        )
+        assert figure.verdict == NOT_AVAILABLE
+        assert "off-2-workers not available: cannot bind" in figure.detail()
+
+    def test_the_medians_table_has_the_gain_and_the_idlest_worker(self) -> None:
+        """Each 2-worker row: its req/s over the 1-worker server's in the same
+        round, and how busy its least busy worker was (about 0 when it got
+        no connection)."""
+        workers = workers_phase(
+            [
+                {
+                    "off": closed(3000.0),
+                    "off-2-workers": closed(3900.0, cpu={"worker_busy_shares": [0.9, 0.7]}),
+                }
+            ]
+        )
+        rows = summarize({"phases": {"workers": workers}})["workers"]["rows"]
+        assert rows["off-2-workers"]["qps_per_one_worker"] == pytest.approx(1.3)
+        assert rows["off-2-workers"]["worker_busy_min"] == pytest.approx(0.7)
+        assert "qps_per_one_worker" not in rows["off"]
+        assert "worker_busy_min" not in rows["off"]
+
+
 class TestSummary:
     def test_medians_and_ratios_per_variant(self) -> None:
         """The medians table: per-variant medians, ratios within rounds, and
@@ -236,7 +331,49 @@ def report() -> dict[str, Any]:
     }
 
 
+def workers_report() -> dict[str, Any]:
+    """A run of the workers phase only (``--phases workers``)."""
+    workers = workers_phase(
+        [
+            {"off": closed(3000.0), "off-2-workers": closed(3600.0)},
+            {"off-2-workers": closed(3900.0), "off": closed(3000.0)},
+        ]
+    )
+    result = unpinned({"workers": workers})
+    return {
+        **report(),
+        "only_phases": ["workers"],
+        "modes": {"unpinned": result},
+        "cells": [],
+        "figures": [f.as_dict() for f in figures_for_mode("unpinned", result)],
+    }
+
+
 class TestText:
+    def test_table_prints_the_figures_without_a_verdict(self) -> None:
+        """The gain is a row of its own table, under a heading that says it has
+        no goal and that the generator shares the cores; no met / missed."""
+        text = table(workers_report())
+        assert FIGURES_HEADING in text
+        assert "shares the cores" in FIGURES_HEADING
+        (line,) = [line for line in text.splitlines() if "2 workers ÷ 1 worker" in line]
+        assert line.split()[0] == "unpinned"
+        assert " off " in line
+        assert "1.25" in line  # median of 1.2 and 1.3
+        assert "1.2 1.3" in line
+        assert "met" not in line
+        assert "missed" not in line
+        assert "phases workers only" in text.splitlines()[0]
+        assert "closed loop, 8 connections, 4 in flight on each" in text
+
+    def test_readme_block_has_the_figures(self) -> None:
+        """The README gets the figures as a Markdown table after the cells."""
+        block = readme_block(workers_report(), "make bench")
+        assert FIGURES_HEADING in block
+        assert "| unpinned | Max QPS, 2 workers ÷ 1 worker | off | 1.25 | 1.2 1.3 |" in block
+        assert "qps/1 worker" in block
+        assert FIGURES_HEADING not in readme_block(report(), "make bench")
+
     def test_table_prints_every_cell_with_goal_and_verdict(self) -> None:
         """Each cell is a line with its goal and met / missed (or why not)."""
         text = table(report())

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from offpath.bench import procs
 from offpath.bench.goals import CORE_SHARED, GENERATOR_LATE, GENERATOR_SATURATED
 from offpath.bench.plan import PROFILES, VARIANTS
-from offpath.bench.run import ModeRunner, parse_metrics, start_failure
+from offpath.bench.run import ModeRunner, _Window, main, parse_metrics, start_failure
 from offpath.client.load import LATE_NS, ClosedLoopResult, LoadResult
 from offpath.dev.stack import StartError
 
@@ -146,3 +147,94 @@ def test_start_failure_from_a_log_record() -> None:
         '{"event": "shutdown_complete"}'
     )
     assert start_failure(error) == "cannot bind gRPC port"
+
+
+class TestWorkers:
+    """Multi-process serving in the bench: the phase's plan, what a
+    supervisor's log and CPU say about its workers, and --phases."""
+
+    def test_the_workers_phase_runs_unpinned_only(self) -> None:
+        """Pinning the supervisor would pin its workers to the same core, so
+        the phase is only among the unpinned phases: in full, 1 and 2
+        workers, analytics off and background, 8 connections x 4 in flight."""
+        for profile in PROFILES.values():
+            assert "workers" not in [p.name for p in profile.phases]
+        (phase,) = [p for p in PROFILES["full"].unpinned_phases if p.name == "workers"]
+        assert phase.concurrency == 32
+        assert phase.channels == 8
+        for name in phase.variants:
+            variant = VARIANTS[name]
+            assert variant.workers == (2 if variant.one_worker else 1)
+            assert variant.one_worker in (None, *phase.variants)
+        assert {VARIANTS[n].one_worker for n in phase.variants} == {None, "off", "background"}
+
+    def test_only_some_phases(self) -> None:
+        """--phases keeps the named phases in either mode."""
+        full = PROFILES["full"].only({"workers"})
+        assert full.phases == ()
+        assert [p.name for p in full.unpinned_phases] == ["workers"]
+
+    def test_a_supervisors_log_gives_its_workers(self, runner: ModeRunner) -> None:
+        """With 2 workers, the server is described per worker (each line says
+        which wrote it); one worker's loop lag is not the server's."""
+        records: list[dict[str, Any]] = [
+            {"event": "worker_serving", "worker": 0},
+            {"event": "loop_lag", "worker": 0, "p99_ms": 1.5},
+            {"event": "emitter_stopped", "worker": 0, "enqueued": 10, "sent": 10},
+            {"event": "server_started", "port": 1, "workers": 2, "worker_pids": [11, 12]},
+            {"event": "loop_lag", "worker": 1, "p99_ms": 2.0},
+            {"event": "emitter_stopped", "worker": 1, "enqueued": 7, "sent": 6},
+        ]
+        fields = runner._server_fields(records, VARIANTS["background-2-workers"], {})
+        assert fields == {
+            "workers": 2,
+            "worker_pids": [11, 12],
+            "per_worker": {
+                "0": {"loop_lag_p99_ms": 1.5, "enqueued": 10, "sent": 10},
+                "1": {"loop_lag_p99_ms": 2.0, "enqueued": 7, "sent": 6},
+            },
+        }
+        single = runner._server_fields(
+            [{"event": "server_started", "port": 1}, {"event": "loop_lag", "p99_ms": 1.0}],
+            VARIANTS["off"],
+            {},
+        )
+        assert single["workers"] == 1
+        assert single["loop_lag"]["p99_ms"] == 1.0
+
+    def test_each_workers_cpu_as_a_share_of_one_core(self) -> None:
+        """Each worker's own CPU over the window (its sender aside); a worker
+        that was not there at both ends is not given a made-up share."""
+        cores = frozenset({0, 1})
+
+        def tree(taken_ns: int, cpu: dict[int, int]) -> procs.TreeSnapshot:
+            return procs.TreeSnapshot(
+                10,
+                {pid: procs.ProcessCpu(pid, cores, ns) for pid, ns in cpu.items()},
+                taken_ns,
+            )
+
+        window = _Window(root=10, tree=[10, 11, 12], ours=[], serving=cores)
+        times = procs.CoreTimes({}, {})
+        window.before = (tree(0, {10: 0, 11: 0, 12: 0}), times, {})
+        window.after = (
+            tree(2_000_000_000, {10: 10**8, 11: 18 * 10**8, 12: 14 * 10**8, 13: 10**8}),
+            times,
+            {},
+        )
+        cpu, _ = window.summary(1000, [11, 12, 13])
+        assert cpu["worker_busy_shares"] == [0.9, 0.7]
+        single, _ = window.summary(1000)
+        assert "worker_busy_shares" not in single
+
+    def test_unknown_or_absent_phases_are_refused(self, tmp_path: Path) -> None:
+        """--phases names phases; one that does not run in the profile's modes
+        is an error before anything starts."""
+        for argv in (
+            ["--phases", "nope"],
+            ["--profile", "quick", "--phases", "workers"],
+            ["--profile", "full", "--phases", "workers", "--modes", "pinned"],
+        ):
+            with pytest.raises(SystemExit):
+                main([*argv, "--out", str(tmp_path)])
+        assert list(tmp_path.iterdir()) == []

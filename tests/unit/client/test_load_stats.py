@@ -7,6 +7,7 @@ import asyncio
 import gc
 import math
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -100,12 +101,15 @@ class _Echo(query_pb2_grpc.QueryServiceServicer):
     def __init__(self, serve_s: float = 0.0) -> None:
         self._serve_s = serve_s
         self._one_at_a_time = asyncio.Lock()
+        # Requests answered, by the client's address and port (its connection).
+        self.peers: Counter[str] = Counter()
 
     async def Query(
         self,
         request: query_pb2.QueryRequest,
         context: grpc.aio.ServicerContext[query_pb2.QueryRequest, query_pb2.QueryResponse],
     ) -> query_pb2.QueryResponse:
+        self.peers[context.peer()] += 1
         if self._serve_s:
             async with self._one_at_a_time:
                 await asyncio.sleep(self._serve_s)
@@ -193,3 +197,39 @@ class TestGeneratorMeasuresItself:
         assert not result.errors
         assert result.wall_s == pytest.approx(0.3, abs=0.1)
         assert result.qps == pytest.approx(result.completed / result.wall_s)
+
+
+class TestConnections:
+    async def test_one_channel_is_one_connection(self) -> None:
+        """By default every request in flight shares one connection."""
+        servicer = _Echo()
+        async with _serving(servicer) as address:
+            result = await run_closed_loop(address, concurrency=4, duration_s=0.1, warmup_s=0.0)
+        assert result.channels == 1
+        assert len(servicer.peers) == 1
+
+    async def test_requests_are_spread_over_one_connection_per_channel(self) -> None:
+        """With 4 channels the server sees 4 connections (4 client ports), each
+        carrying a share of the load: a server of several processes on one
+        SO_REUSEPORT port gets connections, not calls, balanced over them."""
+        servicer = _Echo()
+        async with _serving(servicer) as address:
+            result = await run_closed_loop(
+                address, concurrency=8, duration_s=0.2, warmup_s=0.0, channels=4
+            )
+        assert result.channels == 4
+        assert result.concurrency == 8
+        assert len(servicer.peers) == 4
+        total = sum(servicer.peers.values())
+        # Two requests in flight on each: each connection carries about a quarter.
+        assert all(count > total / 8 for count in servicer.peers.values()), servicer.peers
+        assert result.completed > 0
+        assert not result.errors
+
+    async def test_channels_between_one_and_the_requests_in_flight(self, target: str) -> None:
+        """A channel with no request in flight, or none at all, is a mistake."""
+        for channels in (0, 5):
+            with pytest.raises(ValueError, match="channels"):
+                await run_closed_loop(
+                    target, concurrency=4, duration_s=0.1, warmup_s=0.0, channels=channels
+                )

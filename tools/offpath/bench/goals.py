@@ -1,5 +1,7 @@
 """The performance contract as benchmark cells: each goal, the figure that
-tests it, and a verdict (met, missed, or why there is none).
+tests it, and a verdict (met, missed, or why there is none). Beside them,
+figures the benchmark measures that the contract sets no goal for (the gain
+of multi-process serving): a value from the same rounds, with no verdict.
 
 A round where the load generator fell behind its schedule, or where other
 work ran on the serving core, says nothing about the server's tail: for the
@@ -20,6 +22,8 @@ from offpath.bench.stats import median
 MET = "met"
 MISSED = "missed"
 NOT_AVAILABLE = "n/a"
+# A figure without a goal that has a value.
+MEASURED = "measured"
 
 # Why a run is not evidence about the server (the verdict when every round is).
 GENERATOR_LATE = "load generator late"
@@ -196,6 +200,92 @@ def evaluate(
     goal_id: str, variant: str, mode: str, rounds: Sequence[RoundValue], note: str = ""
 ) -> Cell:
     return Cell(GOALS[goal_id], variant, mode, list(rounds), note)
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A figure without a goal: reported, never met or missed."""
+
+    id: str
+    title: str
+    unit: str = ""  # "" for a ratio
+
+
+MEASURES = {
+    m.id: m
+    for m in (
+        # Per analytics mode: max QPS with 2 workers over 1 worker's, in the
+        # same round, the same load (several connections) on the same cores.
+        Measure("workers_qps", "Max QPS, 2 workers ÷ 1 worker"),
+    )
+}
+
+
+@dataclass
+class Figure:
+    """A measure for one variant in one CPU mode: the median of its rounds,
+    the disturbed ones left out (as in the throughput cells)."""
+
+    measure: Measure
+    variant: str
+    mode: str
+    rounds: list[RoundValue] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def used(self) -> list[float]:
+        return [r.value for r in self.rounds if r.value is not None and not r.disturbed]
+
+    @property
+    def excluded(self) -> Counter[str]:
+        return Counter(r.disturbed for r in self.rounds if r.value is not None and r.disturbed)
+
+    @property
+    def value(self) -> float | None:
+        return median(self.used)
+
+    @property
+    def verdict(self) -> str:
+        """``measured``, or why there is no value (as a cell would say)."""
+        if self.value is not None:
+            return MEASURED
+        excluded = self.excluded
+        return excluded.most_common(1)[0][0] if excluded else NOT_AVAILABLE
+
+    def detail(self) -> str:
+        """The spread of the rounds used, what was left out, a note."""
+        parts: list[str] = []
+        used = self.used
+        if len(used) > 1:
+            parts.append(f"rounds {_number(min(used))} to {_number(max(used))}")
+        parts.extend(
+            f"{n} of {len(self.rounds)} rounds left out: {reason}"
+            for reason, n in sorted(self.excluded.items())
+        )
+        if self.note:
+            parts.append(self.note)
+        return "; ".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "figure": self.measure.id,
+            "title": self.measure.title,
+            "unit": self.measure.unit.strip(),
+            "variant": self.variant,
+            "mode": self.mode,
+            "value": _round(self.value),
+            "rounds": [{"value": _round(r.value), "disturbed": r.disturbed} for r in self.rounds],
+            "used": len(self.used),
+            "excluded": dict(self.excluded),
+            "verdict": self.verdict,
+            "detail": self.detail(),
+        }
+
+
+def measure(
+    measure_id: str, variant: str, mode: str, rounds: Sequence[RoundValue], note: str = ""
+) -> Figure:
+    return Figure(MEASURES[measure_id], variant, mode, list(rounds), note)
 
 
 def _round(value: float | None) -> float | None:

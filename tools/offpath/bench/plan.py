@@ -4,10 +4,12 @@ for the end-to-end test) that size them."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, get_args
 
 ENV_SENDER = "OFFPATH_EMIT_SENDER"
+ENV_WORKERS = "OFFPATH_QUERY_WORKERS"
 
 
 @dataclass(frozen=True)
@@ -25,10 +27,17 @@ class Variant:
     delivers: bool = False
     # Reply-to-readable delay is sampled from this variant's events.
     freshness: bool = False
+    # A variant with several workers: the same server with one (the
+    # denominator of its gain).
+    one_worker: str | None = None
 
     @property
     def analytics(self) -> bool:
         return self.env.get("OFFPATH_ANALYTICS") == "background"
+
+    @property
+    def workers(self) -> int:
+        return int(self.env.get(ENV_WORKERS, "1"))
 
 
 _BACKGROUND = {"OFFPATH_ANALYTICS": "background"}
@@ -71,11 +80,25 @@ VARIANTS = {
         # original paid per query); only at the contrast rate, which the
         # local endpoint absorbs.
         Variant("blocking", env={"OFFPATH_ANALYTICS": "blocking"}, delivers=True),
+        # Multi-process serving: a supervisor and 2 workers on one
+        # SO_REUSEPORT port, beside the same server with one process.
+        Variant(
+            "off-2-workers",
+            env={"OFFPATH_ANALYTICS": "off", ENV_WORKERS: "2"},
+            one_worker="off",
+        ),
+        Variant(
+            "background-2-workers",
+            env={**_BACKGROUND, ENV_WORKERS: "2"},
+            delivers=True,
+            one_worker="background",
+        ),
     )
 }
 BASELINE = "off"
 
-PhaseName = Literal["latency", "max_qps", "at_max", "contrast", "freshness"]
+PhaseName = Literal["latency", "max_qps", "at_max", "contrast", "freshness", "workers"]
+PHASE_NAMES: tuple[PhaseName, ...] = get_args(PhaseName)
 
 
 @dataclass(frozen=True)
@@ -87,7 +110,10 @@ class Phase:
     warmup_s: float
     duration_s: float
     rate: float = 0.0  # open loop; at_max: set from the measured maximum
-    concurrency: int = 0  # closed loop (max_qps)
+    concurrency: int = 0  # closed loop (max_qps, workers): requests in flight
+    # Closed loop: connections the requests in flight are spread over (the
+    # kernel balances connections, not requests, over a server's workers).
+    channels: int = 1
     # AnalyticsIngest (and the DynamoDB work it makes the local endpoint do)
     # is paused while the load runs, and resumed to drain before the next
     # run: on a 2-core machine it shares the load generator's core, and even
@@ -129,6 +155,14 @@ class Profile:
             unpinned_phases=tuple(at(p) for p in profile.unpinned_phases),
         )
 
+    def only(self, names: Collection[str]) -> Profile:
+        """The profile with only the named phases (in either mode)."""
+        return replace(
+            self,
+            phases=tuple(p for p in self.phases if p.name in names),
+            unpinned_phases=tuple(p for p in self.unpinned_phases if p.name in names),
+        )
+
 
 _SENDERS = ("background", "background-thread", "background-process")
 _FAULTS = ("background-sqs-slow", "background-sqs-down")
@@ -153,7 +187,20 @@ PROFILES = {
                     pause_ingest=False,
                 ),
             ),
-            unpinned_phases=(Phase("latency", ("off", "background"), 2.0, 8.0, rate=200.0),),
+            unpinned_phases=(
+                Phase("latency", ("off", "background"), 2.0, 8.0, rate=200.0),
+                # Unpinned: pinning the supervisor pins its workers with it.
+                # 8 connections, 4 requests in flight on each, for 1 and for
+                # 2 workers alike.
+                Phase(
+                    "workers",
+                    ("off", "off-2-workers", "background", "background-2-workers"),
+                    1.0,
+                    3.0,
+                    concurrency=32,
+                    channels=8,
+                ),
+            ),
         ),
         Profile(
             "quick",

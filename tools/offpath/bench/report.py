@@ -1,5 +1,6 @@
 """From a benchmark's runs to its figures: per-variant medians, the cells
-of the contract, the printed table and the README's table.
+of the contract, the figures without a goal, the printed table and the
+README's table.
 
 Everything here reads the JSON the benchmark writes (plain dicts), so the
 README can be regenerated from any bench.json without running anything.
@@ -10,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from offpath.bench.goals import GOALS, Cell, RoundValue, evaluate
-from offpath.bench.plan import BASELINE
+from offpath.bench.goals import GOALS, Cell, Figure, RoundValue, evaluate, measure
+from offpath.bench.plan import BASELINE, VARIANTS
 from offpath.bench.stats import difference_per, median, ratio
 
 Run = dict[str, Any]
@@ -32,16 +33,27 @@ def _get(run: Run | None, *path: str) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def _pairs(phase: dict[str, Any], variant: str) -> Iterator[tuple[Run | None, Run | None]]:
+def _pairs(
+    phase: dict[str, Any], variant: str, baseline: str = BASELINE
+) -> Iterator[tuple[Run | None, Run | None]]:
     """(variant's run, baseline's run) in each round."""
     for rnd in phase["rounds"]:
         runs = rnd["runs"]
-        yield runs.get(variant), runs.get(BASELINE)
+        yield runs.get(variant), runs.get(baseline)
 
 
-def _ratio_rounds(phase: dict[str, Any], variant: str, get: Getter) -> list[RoundValue]:
+def _one_worker(variant: str) -> str | None:
+    """The same server with one worker, for a variant with several."""
+    known = VARIANTS.get(variant)
+    return known.one_worker if known is not None else None
+
+
+def _ratio_rounds(
+    phase: dict[str, Any], variant: str, get: Getter, baseline: str = BASELINE
+) -> list[RoundValue]:
+    """``variant`` over ``baseline`` (off unless named) within each round."""
     values = []
-    for run, base in _pairs(phase, variant):
+    for run, base in _pairs(phase, variant, baseline):
         if run is None:
             continue
         disturbed = run.get("disturbed") or (base or {}).get("disturbed")
@@ -177,13 +189,58 @@ def cells_for_mode(mode: str, result: dict[str, Any]) -> list[Cell]:
     return cells
 
 
+def _qps(run: Run | None) -> float | None:
+    return _get(run, "qps")
+
+
+def _idlest_worker(run: Run | None) -> float | None:
+    """The least busy worker's CPU (a share of one core): near 0 when the
+    kernel gave it no connection."""
+    shares = ((run or {}).get("cpu") or {}).get("worker_busy_shares") or []
+    values = [float(v) for v in shares if isinstance(v, int | float)]
+    return min(values) if values else None
+
+
+def _connections(phase: dict[str, Any]) -> str:
+    channels = phase.get("channels") or 1
+    each = phase["concurrency"] // channels
+    return f"{channels} connections, {each} in flight on each"
+
+
+def figures_for_mode(mode: str, result: dict[str, Any]) -> list[Figure]:
+    """The figures without a goal: multi-process serving's max QPS gain, per
+    analytics mode (2 workers over 1 worker within each round)."""
+    phase = result["phases"].get("workers")
+    if phase is None:
+        return []
+    unavailable: dict[str, str] = result.get("unavailable", {})
+    shared = set(result.get("serving_cpus", [])) & set(result.get("other_cpus", []))
+    note = _connections(phase) + (
+        f"; load generator on the same {len(shared)} cores" if shared else ""
+    )
+    figures = []
+    for variant in phase["variants"]:
+        one = _one_worker(variant)
+        if one is None:
+            continue
+        missing = [v for v in (variant, one) if v in unavailable]
+        if missing:
+            why = "; ".join(f"{v} not available: {unavailable[v]}" for v in missing)
+            figures.append(measure("workers_qps", one, mode, [], why))
+        elif _present(phase, variant):
+            figures.append(
+                measure("workers_qps", one, mode, _ratio_rounds(phase, variant, _qps, one), note)
+            )
+    return figures
+
+
 # -- per-variant medians ---------------------------------------------------------
 
 _COLUMNS: dict[str, Getter] = {
     "p50_ms": lambda r: _get(r, "latency_ms", "p50"),
     "p99_ms": _p99,
     "p99.9_ms": _p999,
-    "qps": lambda r: _get(r, "qps"),
+    "qps": _qps,
     "late_share": lambda r: _get(r, "generator", "late_share"),
     "generator_cpu_share": lambda r: _get(r, "generator", "cpu_share"),
     "server_loop_lag_p99_ms": _loop_lag,
@@ -196,6 +253,7 @@ _COLUMNS: dict[str, Getter] = {
     "sqs_per_1000_events": lambda r: _get(r, "sqs", "per_1000_events"),
     "freshness_p99_s": lambda r: _get(r, "freshness", "p99_s"),
     "burst_max_ms": lambda r: _get(r, "server", "burst", "max_ms"),
+    "worker_busy_min": lambda r: _idlest_worker(r),
 }
 
 
@@ -220,9 +278,13 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
                 value = median([v.value for v in _ratio_rounds(phase, variant, get)])
                 if value is not None:
                     row[column] = round(value, 4)
-            qps = median([v.value for v in _ratio_rounds(phase, variant, lambda r: _get(r, "qps"))])
+            qps = median([v.value for v in _ratio_rounds(phase, variant, _qps)])
             if qps is not None:
                 row["qps_ratio"] = round(qps, 4)
+            if (one := _one_worker(variant)) is not None:
+                gain = median([v.value for v in _ratio_rounds(phase, variant, _qps, one)])
+                if gain is not None:
+                    row["qps_per_one_worker"] = round(gain, 4)
             if variant != BASELINE:
                 for key, which in (
                     ("serving_cpu_us_per_event_over_off", "serving_ns"),
@@ -298,6 +360,8 @@ _DETAIL = (
     ("p99.9/off", "p99.9_ratio"),
     ("req/s", "qps"),
     ("qps/off", "qps_ratio"),
+    ("qps/1 worker", "qps_per_one_worker"),
+    ("idlest worker", "worker_busy_min"),
     ("gen late", "late_share"),
     ("gen cpu", "generator_cpu_share"),
     ("lag p99", "server_loop_lag_p99_ms"),
@@ -327,6 +391,34 @@ _README_DETAIL = tuple(
 )
 
 
+def _figure_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = [("mode", "figure", "variant", "value", "rounds", "detail")]
+    for figure in report.get("figures", []):
+        value = _fmt(figure["value"]) if figure["value"] is not None else figure["verdict"]
+        rows.append(
+            (
+                figure["mode"],
+                figure["title"],
+                figure["variant"],
+                value,
+                _rounds_text(figure),
+                figure["detail"],
+            )
+        )
+    return rows
+
+
+FIGURES_HEADING = (
+    "Measured, no goal in the contract (multi-process serving: QueryService with "
+    "OFFPATH_QUERY_WORKERS=2 over the same server with 1, each round; unpinned, so the "
+    "load generator, one process, shares the cores with the workers):"
+)
+
+
+def figures_table(report: dict[str, Any]) -> str:
+    return _aligned(_figure_rows(report))
+
+
 def detail_table(summary: dict[str, Any]) -> str:
     """One phase's medians, with only the columns that phase has."""
     rows = summary["rows"]
@@ -348,11 +440,12 @@ def _aligned(rows: list[tuple[str, ...]]) -> str:
 
 
 def _phase_heading(mode: str, name: str, phase: dict[str, Any]) -> str:
-    load = (
-        f"closed loop, {phase['concurrency']} in flight"
-        if phase.get("concurrency")
-        else f"open loop, {phase['rate']:g} req/s"
-    )
+    if not phase.get("concurrency"):
+        load = f"open loop, {phase['rate']:g} req/s"
+    elif (phase.get("channels") or 1) > 1:
+        load = f"closed loop, {_connections(phase)}"
+    else:
+        load = f"closed loop, {phase['concurrency']} in flight"
     return (
         f"{mode} / {name}: {load}, {phase['warmup_s']:g} s warm-up + "
         f"{phase['duration_s']:g} s measured, {len(phase['rounds'])} rounds"
@@ -364,10 +457,13 @@ def table(report: dict[str, Any]) -> str:
     out = [
         f"offpath bench, profile {report['profile']}: {report['rounds']} rounds per phase, "
         f"order rotated per round; values are medians of per-round figures "
-        f"(* = a disturbed round, left out of latency figures); took {report.get('elapsed_s')} s",
-        "",
-        cells_table(report),
+        f"(* = a disturbed round, left out of latency figures); took {report.get('elapsed_s')} s"
+        + (f"; phases {', '.join(only)} only" if (only := report.get("only_phases")) else ""),
     ]
+    if report["cells"]:
+        out += ["", cells_table(report)]
+    if report.get("figures"):
+        out += ["", FIGURES_HEADING, figures_table(report)]
     for mode, result in report["modes"].items():
         out.append("")
         cores = result["serving_cpus"]
@@ -388,7 +484,8 @@ def table(report: dict[str, Any]) -> str:
         "round; all Δ: the server and its sender process wherever they ran); loop / threads "
         "= the server's event-loop thread / its other threads; child = its sender process, "
         "wherever it runs; sqs/1k = SQS requests per 1,000 events sent; fresh = reply to "
-        "readable",
+        "readable; qps/1 worker = req/s over the same server with one worker in the same "
+        "round; idlest worker = the least busy worker's CPU as a share of one core",
     ]
     return "\n".join(out)
 
@@ -432,6 +529,8 @@ def readme_block(report: dict[str, Any], source: str) -> str:
             )
         )
     lines.append(_md(rows))
+    if report.get("figures"):
+        lines += ["", FIGURES_HEADING, "", _md(_figure_rows(report))]
     for mode, result in report["modes"].items():
         for name, phase in result["phases"].items():
             summary = result["summary"][name]

@@ -12,9 +12,11 @@ from round to round; a figure is a ratio within a round (a variant against
 
 Phases: ``latency`` (open loop at 200 req/s: the product, each sender, SQS
 100 ms slow, SQS unreachable), ``max_qps`` (closed loop, a fixed number in
-flight), ``at_max`` (open loop at 80 % of analytics-off's measured maximum)
-and ``contrast`` (blocking analytics beside off, at a rate the local
-endpoint absorbs one SQS call per request at).
+flight), ``at_max`` (open loop at 80 % of analytics-off's measured maximum),
+``contrast`` (blocking analytics beside off, at a rate the local endpoint
+absorbs one SQS call per request at), and, unpinned, ``workers`` (closed
+loop over several connections: 1 worker against 2, analytics off and
+background; a figure without a goal). ``--phases`` runs some of them only.
 
 The load generator measures itself (sends started late, its own loop lag
 and CPU), and the server's core is watched for work that is not ours: a run
@@ -35,7 +37,7 @@ import signal
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,9 +47,18 @@ import grpc
 
 from offpath.bench import procs
 from offpath.bench.goals import CORE_SHARED, GENERATOR_LATE, GENERATOR_SATURATED
-from offpath.bench.plan import BASELINE, ENV_SENDER, PROFILES, VARIANTS, Phase, Profile, Variant
+from offpath.bench.plan import (
+    BASELINE,
+    ENV_SENDER,
+    PHASE_NAMES,
+    PROFILES,
+    VARIANTS,
+    Phase,
+    Profile,
+    Variant,
+)
 from offpath.bench.plot import write_svg
-from offpath.bench.report import cells_for_mode, summarize, table
+from offpath.bench.report import cells_for_mode, figures_for_mode, summarize, table
 from offpath.bench.stats import median, rotated
 from offpath.client import OffpathClient
 from offpath.client.load import (
@@ -116,14 +127,23 @@ class _Window:
             self.tree = [self.root, *procs.descendants(self.root)]
             self.after = self._read()
 
-    def summary(self, events: int) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(CPU of the server's tree, other work on the serving cores)."""
+    def summary(
+        self, events: int, workers: Sequence[int] = ()
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(CPU of the server's tree, other work on the serving cores);
+        ``workers``: the pids of a supervisor's workers, whose own CPU (their
+        sender processes aside) is given each as a share of one core."""
         if self.before is None or self.after is None:
             return {}, {}
         (tree0, cores0, ours0), (tree1, cores1, ours1) = self.before, self.after
         usage = procs.tree_usage(tree0, tree1, self.serving)
         wall = usage.wall_ns or 1
         per = max(events, 1) * 1000  # ns -> µs per event
+        worker_shares = []
+        for pid in workers:
+            start, end = tree0.processes.get(pid), tree1.processes.get(pid)
+            if start is not None and end is not None:
+                worker_shares.append(round((end.cpu_ns - start.cpu_ns) / wall, 3))
 
         cpu = {
             "events": events,
@@ -142,6 +162,8 @@ class _Window:
             },
             "serving_busy_share": round(usage.serving_ns / (wall * len(self.serving)), 3),
         }
+        if worker_shares:
+            cpu["worker_busy_shares"] = worker_shares
         # Ours on the serving cores: every process we started that may run there.
         ours_serving = 0
         for pid, (now, on_serving) in ours1.items():
@@ -202,6 +224,23 @@ def _last(records: list[dict[str, Any]], event: str) -> dict[str, Any] | None:
     return matching[-1] if matching else None
 
 
+def _per_worker(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each worker's loop lag p99 and emitter counters, from a supervisor's
+    log (every worker's line says which worker wrote it)."""
+    found: dict[str, dict[str, Any]] = {}
+    for record in records:
+        worker = record.get("worker")
+        if worker is None or isinstance(worker, bool):
+            continue
+        if record.get("event") == "loop_lag":
+            found.setdefault(str(worker), {})["loop_lag_p99_ms"] = record.get("p99_ms")
+        elif record.get("event") == "emitter_stopped":
+            found.setdefault(str(worker), {}).update(
+                {k: record[k] for k in ("enqueued", "sent", "dropped") if k in record}
+            )
+    return dict(sorted(found.items()))
+
+
 def _freshness(client: OffpathClient, event_ids: list[str], sample: int) -> dict[str, Any]:
     """Reply-to-stored delay: ingested_at minus (occurred_at + processing_time),
     over a sample of the run's events spread across it."""
@@ -237,6 +276,7 @@ def _load_fields(load: LoadResult | ClosedLoopResult) -> dict[str, Any]:
             "errors": dict(load.errors),
             "generator": {
                 "concurrency": load.concurrency,
+                "channels": load.channels,
                 "cpu_share": round(load.cpu_share, 3),
                 "saturated": load.saturated,
             },
@@ -398,6 +438,7 @@ class ModeRunner:
         return {
             "rate": phase.rate,
             "concurrency": phase.concurrency,
+            "channels": phase.channels,
             "warmup_s": phase.warmup_s,
             "duration_s": phase.duration_s,
             "variants": list(phase.variants),
@@ -416,6 +457,10 @@ class ModeRunner:
             "OFFPATH_LOOP_LAG_SAMPLE_MS": SERVER_LOOP_LAG_SAMPLE_MS,
         }
         what = f"{phase.concurrency} in flight" if phase.closed else f"{phase.rate:g} req/s"
+        if phase.closed and phase.channels > 1:
+            what += f" over {phase.channels} connections"
+        if variant.workers > 1:
+            what += f", {variant.workers} workers"
         print(
             f"[{self.mode}] {phase.name} round {index + 1}/{self.profile.rounds} "
             f"{variant.name}: {what}, {phase.warmup_s:g}+{phase.duration_s:g} s",
@@ -471,7 +516,9 @@ class ModeRunner:
             if isinstance(load, LoadResult)
             else load.completed + sum(load.errors.values())
         )
-        cpu, machine = window.summary(events)
+        started = _last(records, "server_started") or {}
+        worker_pids = [p for p in started.get("worker_pids", []) if isinstance(p, int)]
+        cpu, machine = window.summary(events, worker_pids)
         disturbances = self._disturbances(load, machine)
         run: dict[str, Any] = {
             "server_log": log_path.name,
@@ -483,6 +530,11 @@ class ModeRunner:
             "machine": machine,
             "server": self._server_fields(records, variant, cpu),
         }
+        if (workers := run["server"]["workers"]) != variant.workers:
+            print(
+                f"  WARNING: {variant.name} served with {workers} worker(s), not {variant.workers}",
+                file=sys.stderr,
+            )
         self._ran.add(variant.name)
         if variant.name == "background":
             self._learn_default(run["server"].get("emitter", {}).get("sender"))
@@ -515,6 +567,7 @@ class ModeRunner:
                     duration_s=phase.duration_s,
                     warmup_s=phase.warmup_s,
                     mark=mark,
+                    channels=phase.channels,
                 )
             )
         return asyncio.run(
@@ -545,7 +598,15 @@ class ModeRunner:
     def _server_fields(
         self, records: list[dict[str, Any]], variant: Variant, cpu: dict[str, Any]
     ) -> dict[str, Any]:
-        fields: dict[str, Any] = {}
+        started = _last(records, "server_started") or {}
+        workers = started.get("workers", 1)
+        fields: dict[str, Any] = {"workers": workers if isinstance(workers, int) else 1}
+        if fields["workers"] > 1:
+            # Each worker logs its own loop lag and emitter: one per worker,
+            # none of them the server's.
+            fields["worker_pids"] = started.get("worker_pids", [])
+            fields["per_worker"] = _per_worker(records)
+            return fields
         if (lag := _last(records, "loop_lag")) is not None:
             fields["loop_lag"] = {k: lag.get(k) for k in ("samples", "p50_ms", "p99_ms", "max_ms")}
         if (stopped := _last(records, "emitter_stopped")) is not None:
@@ -668,6 +729,8 @@ class ModeRunner:
             if "late_share" in gen:
                 parts.append(f"late {100 * gen['late_share']:.1f} %")
             parts.append(f"generator cpu {gen.get('cpu_share')}")
+        if shares := run.get("cpu", {}).get("worker_busy_shares"):
+            parts.append("workers busy " + "/".join(f"{v:.2f}" for v in shares))
         if gen and gen.get("server_kept_up_share", 1) < KEPT_UP_SHARE:
             parts.append(
                 f"server answered {100 * gen['server_kept_up_share']:.0f} % of the offered rate"
@@ -694,11 +757,22 @@ def main(argv: list[str] | None = None) -> None:
         help="pinned and/or unpinned, comma-separated (default: pinned, plus unpinned when "
         "the profile has unpinned phases; unpinned alone on a single core)",
     )
+    parser.add_argument(
+        "--phases",
+        help=f"only these of the profile's phases, comma-separated ({', '.join(PHASE_NAMES)}); "
+        "e.g. --profile full --phases workers",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args(argv)
     profile = PROFILES[args.profile].with_overrides(rounds=args.rounds, rate=args.rate)
     if profile.rounds < 1:
         parser.error("--rounds must be at least 1")
+    only: list[str] | None = None
+    if args.phases:
+        only = [p for p in args.phases.split(",") if p]
+        if unknown := [p for p in only if p not in PHASE_NAMES]:
+            parser.error(f"--phases: no phase {', '.join(unknown)}")
+        profile = profile.only(only)
     cores = sorted(os.sched_getaffinity(0))
     if args.modes:
         modes = [m for m in args.modes.split(",") if m]
@@ -710,6 +784,15 @@ def main(argv: list[str] | None = None) -> None:
         modes = ["pinned", *(["unpinned"] if profile.unpinned_phases else [])]
     if "pinned" in modes and len(cores) < 2:
         parser.error("pinned mode needs at least 2 cores; use --modes unpinned")
+    # The primary mode runs the profile's phases; a second mode, the
+    # profile's unpinned selection. A mode left with none does not run.
+    plan = [
+        (mode, profile.phases if index == 0 else profile.unpinned_phases)
+        for index, mode in enumerate(modes)
+    ]
+    plan = [(mode, phases) for mode, phases in plan if phases]
+    if not plan:
+        parser.error(f"--phases {args.phases}: none of them runs in mode(s) {', '.join(modes)}")
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = args.out / stamp
@@ -725,23 +808,25 @@ def main(argv: list[str] | None = None) -> None:
         },
         "modes": {},
     }
+    if only is not None:
+        report["only_phases"] = only
     started = time.monotonic()
     cells: list[dict[str, Any]] = []
-    for index, mode in enumerate(modes):
+    figures: list[dict[str, Any]] = []
+    for mode, phases in plan:
         all_cores = frozenset(cores)
         if mode == "pinned":
             serving, others = frozenset({cores[0]}), all_cores - {cores[0]}
         else:
             serving = others = all_cores
-        # The primary mode runs every phase; a second mode, the profile's
-        # unpinned selection.
-        phases = profile.phases if index == 0 else profile.unpinned_phases
         runner = ModeRunner(mode, profile, phases, run_dir / "logs" / mode, serving, others)
         result = runner.run()
         result["summary"] = summarize(result)
         report["modes"][mode] = result
         cells.extend(cell.as_dict() for cell in cells_for_mode(mode, result))
+        figures.extend(figure.as_dict() for figure in figures_for_mode(mode, result))
     report["cells"] = cells
+    report["figures"] = figures
     report["elapsed_s"] = round(time.monotonic() - started, 1)
     (run_dir / "bench.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     write_svg(report, run_dir / "bench.svg")

@@ -8,6 +8,10 @@ Two shapes:
   (no coordinated omission). For latency at a given rate.
 - :func:`run_closed_loop`: a fixed number of requests in flight, each
   replaced as soon as it completes. For the maximum rate a server sustains.
+  The requests can be spread over several connections (``channels``): a
+  server of several processes sharing a port with SO_REUSEPORT gets
+  *connections* balanced over its processes by the kernel, never the calls
+  of one connection, so one connection keeps one process busy.
 
 A load generator is a program on a busy machine too. When it starts a send
 late, the latency it records includes its own delay, not the server's; so it
@@ -154,8 +158,9 @@ class LoadResult:
 class ClosedLoopResult:
     """Completions in the measured window of a closed loop."""
 
-    concurrency: int
+    concurrency: int  # in flight, over every connection
     duration_s: float
+    channels: int = 1  # connections the requests were spread over
     completed: int = 0  # successful replies inside the window
     errors: Counter[str] = field(default_factory=Counter)
     latencies_ns: list[int] = field(default_factory=list)
@@ -274,11 +279,25 @@ async def run_closed_loop(
     warmup_s: float,
     timeout_s: float = 5.0,
     mark: Mark | None = None,
+    channels: int = 1,
 ) -> ClosedLoopResult:
     """Keep ``concurrency`` requests in flight for ``warmup_s + duration_s``;
-    count what completed in the measured part."""
+    count what completed in the measured part.
+
+    The requests in flight are spread evenly over ``channels`` channels, each
+    its own connection (``grpc.use_local_subchannel_pool``: channels to one
+    target would otherwise share one subchannel, so one connection); a
+    request always goes out on the same channel as the one it replaces."""
+    if channels < 1 or channels > concurrency:
+        raise ValueError(f"channels must be between 1 and concurrency ({concurrency}): {channels}")
     with _no_gc_pauses():
-        return await _closed_loop(target, concurrency, duration_s, warmup_s, timeout_s, mark)
+        return await _closed_loop(
+            target, concurrency, duration_s, warmup_s, timeout_s, mark, channels
+        )
+
+
+# Each channel its own subchannel pool, so its own connection.
+_OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1),)
 
 
 async def _closed_loop(
@@ -288,20 +307,29 @@ async def _closed_loop(
     warmup_s: float,
     timeout_s: float,
     mark: Mark | None,
+    channels: int,
 ) -> ClosedLoopResult:
     result = ClosedLoopResult(
         concurrency=concurrency,
         duration_s=duration_s,
+        channels=channels,
         cores=len(os.sched_getaffinity(0)),
     )
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = query_pb2_grpc.QueryServiceStub(channel)
-        await channel.channel_ready()
+    async with contextlib.AsyncExitStack() as stack:
+        opened = [
+            await stack.enter_async_context(
+                grpc.aio.insecure_channel(target, options=_OWN_CONNECTION)
+            )
+            for _ in range(channels)
+        ]
+        await asyncio.gather(*(channel.channel_ready() for channel in opened))
+        stubs = [query_pb2_grpc.QueryServiceStub(channel) for channel in opened]
         start = time.perf_counter_ns()
         window_start = start + int(warmup_s * 1e9)
         window_end = window_start + int(duration_s * 1e9)
 
         async def worker(k: int) -> None:
+            stub = stubs[k % channels]
             i = k
             while (sent := time.perf_counter_ns()) < window_end:
                 request = query_pb2.QueryRequest(query=QUERIES[i % len(QUERIES)])
