@@ -82,7 +82,46 @@ class EmitterStats:
         }
 
 
-class Emitter:
+class EmitterLifecycle:
+    """What both emitters share around serving: a shutdown that runs once
+    (a second caller waits for the first) and drop reports in the log.
+    Subclasses give ``stats``, ``_settings`` and ``_shutdown``."""
+
+    _settings: EmitterSettings
+    _shutdown_done: asyncio.Future[None] | None = None
+    _reported_drops: Counter[str]
+
+    @property
+    def stats(self) -> EmitterStats:
+        raise NotImplementedError
+
+    async def _shutdown(self, timeout: float) -> None:
+        raise NotImplementedError
+
+    async def shutdown(self, timeout: float | None = None) -> EmitterStats:
+        """Stop accepting events and drain within ``timeout`` (default: the
+        configured drain timeout); what is left is counted. Safe to call
+        twice: the second call waits for the first."""
+        if self._shutdown_done is not None:
+            await asyncio.shield(self._shutdown_done)
+            return self.stats
+        self._shutdown_done = asyncio.get_running_loop().create_future()
+        try:
+            await self._shutdown(self._settings.drain_timeout_s if timeout is None else timeout)
+        finally:
+            self._shutdown_done.set_result(None)
+        return self.stats
+
+    def _report_drops(self) -> None:
+        """Log drops since the last report, off the request path."""
+        dropped = self.stats.dropped
+        new = dropped - self._reported_drops
+        if new:
+            log.warning("events_dropped", **dict(new), total=dict(dropped))
+            self._reported_drops = Counter(dropped)
+
+
+class Emitter(EmitterLifecycle):
     """Fire-and-forget delivery of :class:`EventRecord` to an :class:`EventSink`."""
 
     def __init__(
@@ -104,8 +143,8 @@ class Emitter:
         self._lock: asyncio.Lock | None = None
         self._task: asyncio.Task[None] | None = None
         self._sender: SenderThread | None = None
-        self._shutdown_done: asyncio.Future[None] | None = None
-        self._reported_drops: Counter[str] = Counter()
+        self._shutdown_done = None
+        self._reported_drops = Counter()
 
     @classmethod
     def from_settings(cls, settings: EmitterSettings) -> Emitter:
@@ -190,20 +229,6 @@ class Emitter:
         """Export everything buffered now, and wait for it."""
         await self._export_pending()
 
-    async def shutdown(self, timeout: float | None = None) -> EmitterStats:
-        """Stop accepting events and drain what is buffered within ``timeout``
-        (default: the configured drain timeout). Safe to call twice: the
-        second call waits for the first."""
-        if self._shutdown_done is not None:
-            await asyncio.shield(self._shutdown_done)
-            return self.stats
-        self._shutdown_done = asyncio.get_running_loop().create_future()
-        try:
-            await self._shutdown(self._settings.drain_timeout_s if timeout is None else timeout)
-        finally:
-            self._shutdown_done.set_result(None)
-        return self.stats
-
     async def _shutdown(self, timeout: float) -> None:
         self._stopping = True
         self._stop_deadline = self._clock() + timeout
@@ -278,10 +303,3 @@ class Emitter:
                 self._stats.requests += result.requests
                 self._stats.retries += result.retries
                 self._stats.dropped.update(result.dropped)
-
-    def _report_drops(self) -> None:
-        """Log drops since the last report, off the request path."""
-        new = self._stats.dropped - self._reported_drops
-        if new:
-            log.warning("events_dropped", **dict(new), total=dict(self._stats.dropped))
-            self._reported_drops = Counter(self._stats.dropped)

@@ -40,7 +40,7 @@ from typing import Any, Final
 
 import structlog
 
-from offpath.emitter.emitter import EmitterStats
+from offpath.emitter.emitter import EmitterLifecycle, EmitterStats
 from offpath.emitter.frames import FrameError, FrameReader, control_frame, decode, record_frame
 from offpath.emitter.record import EventRecord
 from offpath.emitter.settings import ENV_SPOOL_DIR, EmitterSettings
@@ -117,7 +117,7 @@ def _other_cores() -> set[int] | None:
     return others or None
 
 
-class ProcessEmitter:
+class ProcessEmitter(EmitterLifecycle):
     """Fire-and-forget delivery through a sender process (see the module docstring)."""
 
     def __init__(
@@ -155,9 +155,9 @@ class ProcessEmitter:
         self._respawn: asyncio.TimerHandle | None = None
         self._flush_seq = 0
         self._flushes: dict[int, asyncio.Future[None]] = {}
-        self._shutdown_done: asyncio.Future[None] | None = None
+        self._shutdown_done = None
         self._loop_slice_max_ns = 0
-        self._reported_drops: Counter[str] = Counter()
+        self._reported_drops = Counter()
 
     # -- the request path -------------------------------------------------
 
@@ -296,22 +296,10 @@ class ProcessEmitter:
         finally:
             self._flushes.pop(seq, None)
 
-    async def shutdown(self, timeout: float | None = None) -> EmitterStats:
-        """Stop accepting events; hand the backlog to the sender, close the
-        pipe, and wait for the sender to send everything and exit, within
-        ``timeout`` (default: the drain timeout). What is still unsent then
-        is counted as ``shutdown_unsent``. Safe to call twice."""
-        if self._shutdown_done is not None:
-            await asyncio.shield(self._shutdown_done)
-            return self.stats
-        self._shutdown_done = asyncio.get_running_loop().create_future()
-        try:
-            await self._shutdown(self._settings.drain_timeout_s if timeout is None else timeout)
-        finally:
-            self._shutdown_done.set_result(None)
-        return self.stats
-
     async def _shutdown(self, timeout: float) -> None:
+        """Shutdown: hand the backlog to the sender, close the pipe, and wait
+        for the sender to send everything and exit, within ``timeout``; what
+        is still unsent then is counted as ``shutdown_unsent``."""
         self._stopping = True
         deadline = self._clock() + timeout
         if self._loop is None:
@@ -565,11 +553,3 @@ class ProcessEmitter:
 
     def _note_slice(self, started_ns: int) -> None:
         self._loop_slice_max_ns = max(self._loop_slice_max_ns, time.perf_counter_ns() - started_ns)
-
-    def _report_drops(self) -> None:
-        """Log drops since the last report, off the request path."""
-        dropped = self.stats.dropped
-        new = dropped - self._reported_drops
-        if new:
-            log.warning("events_dropped", **dict(new), total=dict(dropped))
-            self._reported_drops = Counter(dropped)
