@@ -279,11 +279,18 @@ class TestWorkersFigures:
         """Each 2-worker row: its req/s over the 1-worker server's in the same
         round, and how busy its least busy worker was (about 0 when it got
         no connection)."""
+        cpu = {
+            "serving_us_per_event": 300.0,
+            "main_thread_us_per_event": 300.0,
+            "children_us_per_event": 0.0,
+        }
         workers = workers_phase(
             [
                 {
-                    "off": closed(3000.0),
-                    "off-2-workers": closed(3900.0, cpu={"worker_busy_shares": [0.9, 0.7]}),
+                    "off": closed(3000.0, cpu=cpu, server={"workers": 1}),
+                    "off-2-workers": closed(
+                        3900.0, cpu=cpu | {"worker_busy_shares": [0.9, 0.7]}, server={"workers": 2}
+                    ),
                 }
             ]
         )
@@ -292,6 +299,12 @@ class TestWorkersFigures:
         assert rows["off-2-workers"]["worker_busy_min"] == pytest.approx(0.7)
         assert "qps_per_one_worker" not in rows["off"]
         assert "worker_busy_min" not in rows["off"]
+        # The supervisor's own thread and its children (the workers) are not
+        # one server's event loop and sender process.
+        assert rows["off"]["main_thread_us_per_event"] == 300.0
+        assert "main_thread_us_per_event" not in rows["off-2-workers"]
+        assert "sender_cpu_us_per_event" not in rows["off-2-workers"]
+        assert rows["off-2-workers"]["serving_cpu_us_per_event"] == 300.0
 
 
 class TestSummary:
@@ -372,6 +385,8 @@ class TestText:
         assert FIGURES_HEADING in block
         assert "| unpinned | Max QPS, 2 workers ÷ 1 worker | off | 1.25 | 1.2 1.3 |" in block
         assert "qps/1 worker" in block
+        assert "| mode | goal |" not in block  # no cells: no empty table
+        assert "Phases workers only." in block.splitlines()[0]
         assert FIGURES_HEADING not in readme_block(report(), "make bench")
 
     def test_table_prints_every_cell_with_goal_and_verdict(self) -> None:

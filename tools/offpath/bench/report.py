@@ -257,6 +257,14 @@ _COLUMNS: dict[str, Getter] = {
 }
 
 
+# Columns that describe one serving process (its threads, its sender): with
+# several workers, the server's root is their supervisor, and its children
+# are the workers, so they would say something else.
+_ONE_PROCESS = frozenset(
+    {"main_thread_us_per_event", "other_threads_us_per_event", "sender_cpu_us_per_event"}
+)
+
+
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
     """Per phase and variant: medians over the rounds (disturbed ones
     included: the cells are where they are left out), and ratios against
@@ -270,7 +278,10 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
                 continue
             row: dict[str, Any] = {"rounds": len(runs)}
             row["disturbed"] = sum(1 for r in runs if r.get("disturbed"))
+            several = any((_get(r, "server", "workers") or 1) > 1 for r in runs)
             for column, get in _COLUMNS.items():
+                if several and column in _ONE_PROCESS:
+                    continue
                 value = median([get(r) for r in runs])
                 if value is not None:
                     row[column] = round(value, 4)
@@ -510,8 +521,8 @@ def readme_block(report: dict[str, Any], source: str) -> str:
         f"From `{source}` (profile {report['profile']}, {report['rounds']} rounds, "
         f"{report['started']}, {machine['cpus']} cores, Python {machine['python']}, "
         f"grpcio {machine['grpcio']}). Values are medians of per-round figures; "
-        "`*` marks a disturbed round, left out of the latency figures.",
-        "",
+        "`*` marks a disturbed round, left out of the latency figures."
+        + (f" Phases {', '.join(only)} only." if (only := report.get("only_phases")) else ""),
     ]
     rows: list[tuple[str, ...]] = [
         ("mode", "goal", "variant", "value", "goal", "rounds", "verdict")
@@ -528,7 +539,8 @@ def readme_block(report: dict[str, Any], source: str) -> str:
                 _verdict(cell),
             )
         )
-    lines.append(_md(rows))
+    if report["cells"]:
+        lines += ["", _md(rows)]
     if report.get("figures"):
         lines += ["", FIGURES_HEADING, "", _md(_figure_rows(report))]
     for mode, result in report["modes"].items():
