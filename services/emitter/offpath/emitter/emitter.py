@@ -191,15 +191,7 @@ class Emitter(EmitterLifecycle):
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name="offpath-emitter-flusher"
         )
-        log.info(
-            "emitter_started",
-            sender="thread",
-            queue=self._settings.queue_url or self._settings.queue_name,
-            linger_s=self._settings.linger_s,
-            max_queue=self._settings.max_queue_size,
-            events_per_message=self._settings.events_per_message,
-            producer_id=self._settings.producer_id,
-        )
+        log.info("emitter_started", **{**self._settings.describe(), "sender": "thread"})
 
     async def prepare(self, timeout: float) -> bool:
         """Warm the sink up (client, queue look-up) on the sender thread, for

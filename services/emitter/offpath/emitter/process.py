@@ -217,12 +217,7 @@ class ProcessEmitter(EmitterLifecycle):
         self._spawn()
         log.info(
             "emitter_started",
-            sender="process",
-            queue=self._settings.queue_url or self._settings.queue_name,
-            linger_s=self._settings.linger_s,
-            max_queue=self._settings.max_queue_size,
-            events_per_message=self._settings.events_per_message,
-            producer_id=self._settings.producer_id,
+            **{**self._settings.describe(), "sender": "process"},
             pipe_bytes=pipe_size,
         )
 

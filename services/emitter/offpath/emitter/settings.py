@@ -76,6 +76,18 @@ class EmitterSettings:
     spool_dir: str | None = None
     spool_max_bytes: int = _DEFAULT_SPOOL_MAX_BYTES
 
+    def describe(self) -> dict[str, object]:
+        """What the ``emitter_started`` log line says about these settings."""
+        return {
+            "sender": self.sender,
+            "queue": self.queue_url or self.queue_name,
+            "linger_s": self.linger_s,
+            "max_queue": self.max_queue_size,
+            "events_per_message": self.events_per_message,
+            "producer_id": self.producer_id,
+            "spool": self.spool_dir,
+        }
+
     def to_json(self) -> str:
         """These settings as JSON (how the sender process receives them)."""
         return json.dumps(dataclasses.asdict(self))
