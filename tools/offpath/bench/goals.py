@@ -114,8 +114,41 @@ class RoundValue:
     disturbed: str | None = None
 
 
+class _Rounds:
+    """Per-round values and which of them count: shared by cells and figures."""
+
+    rounds: list[RoundValue]
+
+    @property
+    def _excludes_disturbed(self) -> bool:
+        return True
+
+    @property
+    def used(self) -> list[float]:
+        """The per-round values that count."""
+        return [
+            r.value
+            for r in self.rounds
+            if r.value is not None and not (self._excludes_disturbed and r.disturbed)
+        ]
+
+    @property
+    def excluded(self) -> Counter[str]:
+        """Rounds with a value left out, by reason."""
+        if not self._excludes_disturbed:
+            return Counter()
+        return Counter(r.disturbed for r in self.rounds if r.value is not None and r.disturbed)
+
+    def _rounds_dict(self) -> dict[str, Any]:
+        return {
+            "rounds": [{"value": _round(r.value), "disturbed": r.disturbed} for r in self.rounds],
+            "used": len(self.used),
+            "excluded": dict(self.excluded),
+        }
+
+
 @dataclass
-class Cell:
+class Cell(_Rounds):
     """A goal evaluated for one variant in one CPU mode."""
 
     goal: Goal
@@ -125,20 +158,8 @@ class Cell:
     note: str = ""  # what the figure could not say (a missing field, ...)
 
     @property
-    def used(self) -> list[float]:
-        """The per-round values that count."""
-        return [
-            r.value
-            for r in self.rounds
-            if r.value is not None and not (self.goal.excludes_disturbed and r.disturbed)
-        ]
-
-    @property
-    def excluded(self) -> Counter[str]:
-        """Rounds with a value left out, by reason."""
-        if not self.goal.excludes_disturbed:
-            return Counter()
-        return Counter(r.disturbed for r in self.rounds if r.value is not None and r.disturbed)
+    def _excludes_disturbed(self) -> bool:
+        return self.goal.excludes_disturbed
 
     @property
     def value(self) -> float | None:
@@ -188,9 +209,7 @@ class Cell:
             "variant": self.variant,
             "mode": self.mode,
             "value": _round(self.value),
-            "rounds": [{"value": _round(r.value), "disturbed": r.disturbed} for r in self.rounds],
-            "used": len(self.used),
-            "excluded": dict(self.excluded),
+            **self._rounds_dict(),
             "verdict": self.verdict,
             "detail": self.detail(),
         }
@@ -222,7 +241,7 @@ MEASURES = {
 
 
 @dataclass
-class Figure:
+class Figure(_Rounds):
     """A measure for one variant in one CPU mode: the median of its rounds,
     the disturbed ones left out (as in the throughput cells)."""
 
@@ -231,14 +250,6 @@ class Figure:
     mode: str
     rounds: list[RoundValue] = field(default_factory=list)
     note: str = ""
-
-    @property
-    def used(self) -> list[float]:
-        return [r.value for r in self.rounds if r.value is not None and not r.disturbed]
-
-    @property
-    def excluded(self) -> Counter[str]:
-        return Counter(r.disturbed for r in self.rounds if r.value is not None and r.disturbed)
 
     @property
     def value(self) -> float | None:
@@ -274,9 +285,7 @@ class Figure:
             "variant": self.variant,
             "mode": self.mode,
             "value": _round(self.value),
-            "rounds": [{"value": _round(r.value), "disturbed": r.disturbed} for r in self.rounds],
-            "used": len(self.used),
-            "excluded": dict(self.excluded),
+            **self._rounds_dict(),
             "verdict": self.verdict,
             "detail": self.detail(),
         }

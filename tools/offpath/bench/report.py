@@ -343,7 +343,8 @@ def _rounds_text(cell: dict[str, Any]) -> str:
     )
 
 
-def cells_table(report: dict[str, Any]) -> str:
+def _cell_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The cells as rows under their header (for the terminal and the README)."""
     rows: list[tuple[str, ...]] = [
         ("mode", "goal", "variant", "value", "target", "rounds", "verdict")
     ]
@@ -359,7 +360,11 @@ def cells_table(report: dict[str, Any]) -> str:
                 _verdict(cell),
             )
         )
-    return _aligned(rows)
+    return rows
+
+
+def cells_table(report: dict[str, Any]) -> str:
+    return _aligned(_cell_rows(report))
 
 
 _DETAIL = (
@@ -524,23 +529,8 @@ def readme_block(report: dict[str, Any], source: str) -> str:
         "`*` marks a disturbed round, left out of the latency figures."
         + (f" Phases {', '.join(only)} only." if (only := report.get("only_phases")) else ""),
     ]
-    rows: list[tuple[str, ...]] = [
-        ("mode", "goal", "variant", "value", "goal", "rounds", "verdict")
-    ]
-    for cell in report["cells"]:
-        rows.append(
-            (
-                cell["mode"],
-                cell["title"],
-                cell["variant"],
-                _fmt(cell["value"]),
-                cell["target"],
-                _rounds_text(cell),
-                _verdict(cell),
-            )
-        )
     if report["cells"]:
-        lines += ["", _md(rows)]
+        lines += ["", _md(_cell_rows(report))]
     if report.get("figures"):
         lines += ["", FIGURES_HEADING, "", _md(_figure_rows(report))]
     for mode, result in report["modes"].items():

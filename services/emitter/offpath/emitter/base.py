@@ -15,6 +15,7 @@ from offpath.emitter.emitter import Emitter, EmitterStats
 from offpath.emitter.process import ProcessEmitter
 from offpath.emitter.record import EventRecord
 from offpath.emitter.settings import EmitterSettings
+from offpath.emitter.sqs import SqsSink
 
 
 class EventEmitter(Protocol):
@@ -45,5 +46,5 @@ def open_emitter(
     settings name (region, credentials and endpoint from the standard AWS
     chain). Call ``start()`` on the running loop before serving."""
     if settings.sender == "thread":
-        return Emitter.from_settings(settings)
+        return Emitter(SqsSink(settings), settings)
     return ProcessEmitter(settings, service=service, log_level=log_level)

@@ -71,7 +71,6 @@ def load_sink_factory(spec: str) -> Callable[..., EventSink]:
 @dataclasses.dataclass
 class _Counters:
     received: int = 0
-    undecodable: int = 0
     sent: int = 0
     requests: int = 0
     retries: int = 0
@@ -233,7 +232,6 @@ class SenderProcess:
                 message = decode(payload)
             except FrameError as exc:
                 self._counters.received += 1
-                self._counters.undecodable += 1
                 self._counters.dropped["undecodable"] += 1
                 log.error("sender_frame_undecodable", error=str(exc))
                 continue
@@ -347,7 +345,6 @@ class SenderProcess:
             "replayed": counters.replayed,
             "replay_dropped": counters.replay_dropped,
             "spool_corrupt": counters.spool_corrupt,
-            "burst_max_us": round(counters.burst_max_ns / 1000, 1),
             **extra,
         }
         try:

@@ -28,7 +28,6 @@ from offpath.emitter.record import EventRecord
 from offpath.emitter.sender import Sender, SenderThread
 from offpath.emitter.settings import EmitterSettings
 from offpath.emitter.sink import EventSink
-from offpath.emitter.sqs import SqsSink
 
 log = structlog.get_logger("offpath.emitter")
 
@@ -145,12 +144,6 @@ class Emitter(EmitterLifecycle):
         self._sender: SenderThread | None = None
         self._shutdown_done = None
         self._reported_drops = Counter()
-
-    @classmethod
-    def from_settings(cls, settings: EmitterSettings) -> Emitter:
-        """The emitter the settings describe, sending to the SQS queue they
-        name (region, credentials and endpoint from the standard AWS chain)."""
-        return cls(SqsSink(settings), settings)
 
     # -- the request path -------------------------------------------------
 

@@ -91,7 +91,6 @@ class _SenderState:
     reader: FrameReader = field(default_factory=FrameReader)
     tally: _Tally = field(default_factory=_Tally)
     buffered: int = 0
-    burst_max_us: float = 0.0
     finished: bool = False  # it sent its final report: it read the pipe to the end
 
 
@@ -142,7 +141,6 @@ class ProcessEmitter(EmitterLifecycle):
         self._backlog_empty = asyncio.Event()
         self._writer_armed = False
         self._stopping = False
-        self._closed = False
         # Our own counters; each sender's are in its _SenderState, and those
         # of senders that ended are summed in _ended.
         self._enqueued = 0
@@ -180,7 +178,7 @@ class ProcessEmitter(EmitterLifecycle):
         if not self._backlog:
             try:
                 written = os.write(self._write_fd, frame)
-            except (BlockingIOError, OSError):
+            except OSError:  # BlockingIOError: the pipe is full
                 written = 0
             if written == len(frame):
                 self._enqueued += 1
@@ -328,7 +326,6 @@ class ProcessEmitter(EmitterLifecycle):
         # Whatever the books cannot place now: when the last sender read the
         # pipe to its end, it was read by a sender that died before it said
         # so; otherwise it was not confirmed in time.
-        self._closed = True
         stats = self.stats
         placed = stats.sent + sum(stats.dropped.values()) + stats.spooled
         unplaced = max(0, stats.enqueued - placed - unwritten)
@@ -439,7 +436,6 @@ class ProcessEmitter(EmitterLifecycle):
             replayed=int(report.get("replayed", 0)),
         )
         state.buffered = int(report.get("buffered", 0))
-        state.burst_max_us = float(report.get("burst_max_us", 0.0))
         if report.get("final"):
             state.finished = True
         if report.get("ready") and not state.ready.done():

@@ -216,9 +216,6 @@ class Spool:
                 total += path.stat().st_size
         return total
 
-    def pending_files(self) -> int:
-        return len(list(self._dir.glob(f"spool-*{_SUFFIX}")))
-
     def _sync_dir(self) -> None:
         """Make a rename durable (fsync of the directory)."""
         fd = os.open(self._dir, os.O_RDONLY)
