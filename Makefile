@@ -101,7 +101,7 @@ lock:
 	.lock-venv/bin/pip install --quiet --disable-pip-version-check ".[dev]" ./tools
 	.lock-venv/bin/pip freeze --all --exclude pip --exclude offpath --exclude offpath-tools \
 	  | sed '/^-e /d' > requirements.lock
-	rm -rf .lock-venv
+	rm -rf .lock-venv build tools/build
 
 clean:
 	rm -rf $(VENV) $(TOOLS) gen .pytest_cache .mypy_cache .ruff_cache

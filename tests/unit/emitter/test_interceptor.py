@@ -25,6 +25,7 @@ from offpath.emitter import (
     current_rpc,
 )
 from offpath.emitter.rpc import NO_RPC
+from offpath.emitter.settings import EventIdTrailer
 from offpath.kit.ids import is_uuid
 from offpath.testing.recorders import ListRecorder
 from offpath.testing.waits import eventually
@@ -175,6 +176,7 @@ async def serve() -> AsyncIterator[Serve]:
         recorder: Recorder | None = None,
         intercept: bool = True,
         ignore_services: tuple[str, ...] | None = None,
+        event_id_trailer: EventIdTrailer = "always",
     ) -> Served:
         probe = Probe()
         listed = ListRecorder()
@@ -182,9 +184,11 @@ async def serve() -> AsyncIterator[Serve]:
         if intercept:
             chosen = recorder if recorder is not None else listed
             interceptor = (
-                AnalyticsInterceptor(chosen)
+                AnalyticsInterceptor(chosen, event_id_trailer=event_id_trailer)
                 if ignore_services is None
-                else AnalyticsInterceptor(chosen, ignore_services=ignore_services)
+                else AnalyticsInterceptor(
+                    chosen, ignore_services=ignore_services, event_id_trailer=event_id_trailer
+                )
             )
             interceptors.append(interceptor)
         server = grpc.aio.server(interceptors=interceptors)
@@ -573,3 +577,66 @@ class TestCurrentRpc:
         assert (rpc.event_id, rpc.query, rpc.model, rpc.token_count) == ("id-1", "q", "m", 2)
         assert rpc.matched_skills == (("Go", 0.5),)
         assert rpc.attributes == {"a": "1", "b": "2"}
+
+
+class TestEventIdOnErrorsOnly:
+    """``event_id_trailer="errors"``: OK replies carry no trailer, every error still does."""
+
+    async def test_ok_reply_has_no_trailer_but_is_recorded(self, serve: Serve) -> None:
+        """An OK reply's trailing metadata has no event id; the event is still recorded
+        and the handler still sees its id."""
+        served = await serve(event_id_trailer="errors")
+        reply, trailers = await served.call("Answer", b"hello")
+        (record,) = served.recorder.records
+        assert EVENT_ID_METADATA not in trailers
+        assert reply.decode() == record.event_id != ""
+
+    @pytest.mark.parametrize(
+        ("name", "code"),
+        [
+            ("Abort", grpc.StatusCode.INVALID_ARGUMENT),
+            ("Raise", grpc.StatusCode.UNKNOWN),
+            ("SetCodeThenRaise", grpc.StatusCode.NOT_FOUND),
+            ("SetCodeThenReturn", grpc.StatusCode.FAILED_PRECONDITION),
+        ],
+    )
+    async def test_every_error_carries_the_event_id(
+        self, serve: Serve, name: str, code: grpc.StatusCode
+    ) -> None:
+        """Abort, an escaping exception, a code set before raising and a code set and
+        returned all reach the client with the event id of their recorded event."""
+        served = await serve(event_id_trailer="errors")
+        error = await served.fail(name, b"???")
+        assert error.code() == code
+        (record,) = served.recorder.records
+        assert _error_trailers(error)[EVENT_ID_METADATA] == record.event_id
+
+    async def test_handler_and_abort_trailers_are_kept(self, serve: Serve) -> None:
+        """A handler's own trailers pass unchanged on an OK reply, and an abort's trailers
+        get the event id beside them."""
+        served = await serve(event_id_trailer="errors")
+        _, trailers = await served.call("OwnTrailers")
+        assert trailers == {"x-probe": "kept"}
+        error = await served.fail("AbortWithTrailers")
+        (_, aborted) = served.recorder.records
+        assert _error_trailers(error) == {"x-probe": "kept", EVENT_ID_METADATA: aborted.event_id}
+
+    async def test_abort_inside_a_stream_carries_the_event_id(self, serve: Serve) -> None:
+        """A response stream that ends in an abort carries the event id; one that ends OK
+        does not."""
+        served = await serve(event_id_trailer="errors")
+        ok = served.channel.unary_stream(_method("Count"), None, None)(b"2", timeout=5)
+        assert [m async for m in ok] == [b"0", b"1"]
+        assert EVENT_ID_METADATA not in _trailers(await ok.trailing_metadata())
+        failing = served.channel.unary_stream(_method("CountThenAbort"), None, None)(b"", timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in failing:
+                pass
+        assert info.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        _, aborted = served.recorder.records
+        assert _error_trailers(info.value)[EVENT_ID_METADATA] == aborted.event_id
+
+    def test_unknown_mode_is_refused(self) -> None:
+        """A mode other than always or errors is refused when the interceptor is made."""
+        with pytest.raises(ValueError, match="event_id_trailer"):
+            AnalyticsInterceptor(ListRecorder(), event_id_trailer="never")  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ import pytest
 
 from offpath.emitter.settings import (
     ENV_DRAIN_TIMEOUT_S,
+    ENV_EVENT_ID_TRAILER,
     ENV_EVENTS_PER_MESSAGE,
     ENV_LINGER_MS,
     ENV_MAX_MESSAGE_BYTES,
@@ -197,6 +198,7 @@ class TestEmitterSettingsFromEnv:
         assert settings.events_per_message == 500
         assert settings.max_message_bytes == 256 * 1024
         assert settings.max_export_batch == 5_000
+        assert settings.event_id_trailer == "always"
 
     def test_reads_every_variable(self) -> None:
         """Every variable reaches its field; the linger is given in ms and stored in seconds."""
@@ -212,6 +214,7 @@ class TestEmitterSettingsFromEnv:
                 ENV_MAX_MESSAGE_BYTES: "65536",
                 ENV_RETRY_DEADLINE_S: "2.5",
                 ENV_DRAIN_TIMEOUT_S: "0",
+                ENV_EVENT_ID_TRAILER: "Errors",
             }
         )
         assert settings == EmitterSettings(
@@ -224,6 +227,7 @@ class TestEmitterSettingsFromEnv:
             max_message_bytes=65536,
             retry_deadline_s=2.5,
             drain_timeout_s=0.0,
+            event_id_trailer="errors",
         )
         assert settings.max_export_batch == 200
 
@@ -238,6 +242,7 @@ class TestEmitterSettingsFromEnv:
             (ENV_MAX_MESSAGE_BYTES, str(1024 * 1024 + 1)),
             (ENV_RETRY_DEADLINE_S, "-1"),
             (ENV_DRAIN_TIMEOUT_S, "soon"),
+            (ENV_EVENT_ID_TRAILER, "never"),
         ],
     )
     def test_bad_values_name_the_variable(self, name: str, raw: str) -> None:

@@ -8,8 +8,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
-ENV_SENDER = "OFFPATH_EMIT_SENDER"
-ENV_WORKERS = "OFFPATH_QUERY_WORKERS"
+from offpath.emitter.settings import ENV_EVENT_ID_TRAILER, ENV_SENDER
+from offpath.query.settings import ENV_WORKERS
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,14 @@ VARIANTS = {
             sender="process",
             delivers=True,
             freshness=True,
+        ),
+        # The product with the event id in trailing metadata on error replies
+        # only (OFFPATH_EMIT_EVENT_ID_TRAILER=errors): what the trailer on
+        # every OK reply costs is its difference from "background".
+        Variant(
+            "background-trailer-errors",
+            env={**_BACKGROUND, ENV_EVENT_ID_TRAILER: "errors"},
+            delivers=True,
         ),
         Variant("background-sqs-slow", env=_BACKGROUND, proxy=("--delay-ms", "100"), delivers=True),
         # SQS accepts connections and never answers: nothing is delivered,
@@ -165,6 +173,7 @@ class Profile:
 
 
 _SENDERS = ("background", "background-thread", "background-process")
+_TRAILER = "background-trailer-errors"
 _FAULTS = ("background-sqs-slow", "background-sqs-down")
 
 PROFILES = {
@@ -174,8 +183,10 @@ PROFILES = {
             "full",
             rounds=3,
             phases=(
-                Phase("latency", ("echo", "off", *_SENDERS, *_FAULTS), 2.0, 8.0, rate=200.0),
-                Phase("max_qps", ("off", *_SENDERS), 1.0, 3.0, concurrency=32),
+                Phase(
+                    "latency", ("echo", "off", *_SENDERS, _TRAILER, *_FAULTS), 2.0, 8.0, rate=200.0
+                ),
+                Phase("max_qps", ("off", *_SENDERS, _TRAILER), 1.0, 3.0, concurrency=32),
                 Phase("at_max", ("off", *_SENDERS), 1.0, 5.0),
                 Phase("contrast", ("off", "blocking"), 1.0, 4.0, rate=50.0),
                 Phase(
@@ -206,7 +217,7 @@ PROFILES = {
             "quick",
             rounds=2,
             phases=(
-                Phase("latency", ("off", *_SENDERS, *_FAULTS), 0.5, 2.0, rate=200.0),
+                Phase("latency", ("off", *_SENDERS, _TRAILER, *_FAULTS), 0.5, 2.0, rate=200.0),
                 Phase("max_qps", ("off", "background"), 0.5, 1.5, concurrency=32),
                 Phase("at_max", ("off", "background"), 0.5, 1.5),
                 Phase("freshness", ("background",), 0.5, 2.0, rate=200.0, pause_ingest=False),

@@ -20,7 +20,12 @@ Getter = Callable[[Run | None], float | None]
 
 # Variants of the product whose cells are all reported (the default sender
 # first), and the fault variants with the one cell each of them tests.
-_PRODUCT = ("background", "background-thread", "background-process")
+_PRODUCT = (
+    "background",
+    "background-thread",
+    "background-process",
+    "background-trailer-errors",
+)
 _FAULTS = {"background-sqs-slow": "p99_sqs_slow", "background-sqs-down": "p99_sqs_down"}
 
 

@@ -49,7 +49,6 @@ from offpath.bench import procs
 from offpath.bench.goals import CORE_SHARED, GENERATOR_LATE, GENERATOR_SATURATED
 from offpath.bench.plan import (
     BASELINE,
-    ENV_SENDER,
     PHASE_NAMES,
     PROFILES,
     VARIANTS,
@@ -73,6 +72,7 @@ from offpath.client.load import (
     run_load,
 )
 from offpath.dev.stack import DevStack, StartError
+from offpath.emitter.settings import ENV_SENDER
 from offpath.kit.logs import read_log
 
 # Other work on the serving core above this share of the window disturbs a run.

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from offpath.emitter.base import EventEmitter, open_emitter
 from offpath.emitter.emitter import EmitterStats
 from offpath.emitter.interceptor import DEFAULT_IGNORED_SERVICES, AnalyticsInterceptor
-from offpath.emitter.settings import EmitterSettings
+from offpath.emitter.settings import EmitterSettings, EventIdTrailer
 
 # Start-up waits at most this long for the SQS client to warm up; analytics
 # must never hold up serving for longer.
@@ -36,9 +36,12 @@ class Analytics:
         *,
         ignore_services: Iterable[str] = DEFAULT_IGNORED_SERVICES,
         warm_up_timeout_s: float = DEFAULT_WARM_UP_TIMEOUT_S,
+        event_id_trailer: EventIdTrailer = "always",
     ) -> None:
         self.emitter = emitter
-        self.interceptor = AnalyticsInterceptor(emitter, ignore_services=ignore_services)
+        self.interceptor = AnalyticsInterceptor(
+            emitter, ignore_services=ignore_services, event_id_trailer=event_id_trailer
+        )
         self._warm_up_timeout_s = warm_up_timeout_s
 
     @classmethod
@@ -48,7 +51,7 @@ class Analytics:
         standard AWS chain (region, credentials, endpoint). A bad value raises
         ``SettingsError`` naming the variable."""
         settings = EmitterSettings.from_env(os.environ if env is None else env)
-        return cls(open_emitter(settings))
+        return cls(open_emitter(settings), event_id_trailer=settings.event_id_trailer)
 
     async def start(self) -> bool:
         """Start the emitter and warm its SQS client up, best effort: False

@@ -5,7 +5,11 @@ For every RPC it wraps, :class:`AnalyticsInterceptor`:
 - mints an event id (UUIDv7) and puts it in the reply's trailing metadata
   ``offpath-event-id``, on success and on every error, so a client can always
   find the event its call produced; metadata the handler sets is kept beside
-  it (merged, never replaced);
+  it (merged, never replaced). With ``event_id_trailer="errors"`` only
+  replies that end in an error carry it (a reply message can carry the id
+  itself, as QueryService's does): grpc encodes a fresh, never-repeated
+  header value on every OK reply otherwise, the largest part of the
+  interceptor's cost per RPC (see the README's Performance section);
 - publishes an :class:`~offpath.emitter.rpc.RpcAnalytics` for the handler
   (:func:`~offpath.emitter.rpc.current_rpc`), where it adds its own fields;
 - when the call ends, builds one :class:`~offpath.emitter.record.EventRecord`
@@ -58,6 +62,7 @@ import structlog
 
 from offpath.emitter.record import EventRecord
 from offpath.emitter.rpc import RpcAnalytics, _current, event_record
+from offpath.emitter.settings import EVENT_ID_TRAILERS, EventIdTrailer
 from offpath.kit.ids import new_id
 
 log = structlog.get_logger("offpath.emitter")
@@ -122,9 +127,13 @@ class AnalyticsInterceptor(_ServerInterceptor):
         recorder: Recorder,
         *,
         ignore_services: Iterable[str] = DEFAULT_IGNORED_SERVICES,
+        event_id_trailer: EventIdTrailer = "always",
     ) -> None:
+        if event_id_trailer not in EVENT_ID_TRAILERS:
+            raise ValueError(f"event_id_trailer must be one of {EVENT_ID_TRAILERS}")
         self._recorder = recorder
         self._ignored = frozenset(ignore_services)
+        self._trailer_always = event_id_trailer == "always"
         self._cache: dict[
             str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
         ] = {}
@@ -155,7 +164,7 @@ class AnalyticsInterceptor(_ServerInterceptor):
         service = method.lstrip("/").partition("/")[0]
         if service in self._ignored:
             return handler
-        site = _Site(service, method, self._recorder)
+        site = _Site(service, method, self._recorder, self._trailer_always)
         streaming = (handler.request_streaming, handler.response_streaming)
         behaviour: Behaviour | None = {
             (False, False): handler.unary_unary,
@@ -194,12 +203,13 @@ _HANDLER_FACTORIES: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[
 class _Site:
     """What every call of one method shares."""
 
-    __slots__ = ("method", "recorder", "service")
+    __slots__ = ("method", "recorder", "service", "trailer_always")
 
-    def __init__(self, service: str, method: str, recorder: Recorder) -> None:
+    def __init__(self, service: str, method: str, recorder: Recorder, trailer_always: bool) -> None:
         self.service = service
         self.method = method
         self.recorder = recorder
+        self.trailer_always = trailer_always
 
 
 def _intercept_coroutine(site: _Site, behaviour: Behaviour) -> Behaviour:
@@ -275,7 +285,16 @@ class _Call(_Context):
     handler is given (grpc's own, with ``abort`` and
     ``set_trailing_metadata`` extended as the module's docstring says)."""
 
-    __slots__ = ("_context", "_pair", "_recorded", "_site", "_started_ns", "_t0", "rpc")
+    __slots__ = (
+        "_context",
+        "_pair",
+        "_recorded",
+        "_site",
+        "_started_ns",
+        "_t0",
+        "_trailer_set",
+        "rpc",
+    )
 
     def __init__(self, site: _Site, context: _Context) -> None:
         self._t0 = time.perf_counter_ns()
@@ -286,9 +305,12 @@ class _Call(_Context):
         event_id = new_id()
         self.rpc = RpcAnalytics(event_id)
         self._pair: tuple[str, str] = (EVENT_ID_METADATA, event_id)
-        # Set now, so every way the call can end (reply, abort, exception)
-        # carries the id; an outer interceptor's trailing metadata is kept.
-        context.set_trailing_metadata((*context.trailing_metadata(), self._pair))
+        self._trailer_set = site.trailer_always
+        if site.trailer_always:
+            # Set now, so every way the call can end (reply, abort,
+            # exception) carries the id; an outer interceptor's trailing
+            # metadata is kept.
+            context.set_trailing_metadata((*context.trailing_metadata(), self._pair))
 
     # -- recording ------------------------------------------------------------
 
@@ -299,6 +321,13 @@ class _Call(_Context):
             return None
         self._recorded = True
         site = self._site
+        if not self._trailer_set and code is not grpc.StatusCode.OK:
+            # Errors only: set before the status is sent (finish runs before
+            # abort sends it, and before an exception or a set code reaches
+            # grpc, which sends the context's trailing metadata with it).
+            self._trailer_set = True
+            context = self._context
+            context.set_trailing_metadata((*context.trailing_metadata(), self._pair))
         record = event_record(
             self.rpc,
             occurred_at_ns=self._started_ns,
@@ -337,6 +366,7 @@ class _Call(_Context):
         # grpc sends the status from inside abort: record first.
         await self.finish_awaiting(code)
         if trailing_metadata:
+            # grpc sends these instead of the context's: the id goes with them.
             trailing_metadata = (*trailing_metadata, self._pair)
         # grpc.aio's abort takes a tuple only.
         await self._context.abort(code, details, tuple(trailing_metadata))
@@ -345,7 +375,9 @@ class _Call(_Context):
         await self.abort(status.code, status.details, status.trailing_metadata)
 
     def set_trailing_metadata(self, trailing_metadata: Any) -> None:
-        self._context.set_trailing_metadata((*trailing_metadata, self._pair))
+        if self._trailer_set:
+            trailing_metadata = (*trailing_metadata, self._pair)
+        self._context.set_trailing_metadata(tuple(trailing_metadata))
 
     # -- the handler's context: passed through -------------------------------
 

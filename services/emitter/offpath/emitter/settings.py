@@ -10,6 +10,7 @@ import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal, cast, get_args
 
 from offpath.kit.settings import SettingsError, env_choice, env_float, env_int, env_optional_str
 from offpath.kit.sqs import DEFAULT_QUEUE_NAME, ENV_QUEUE_URL, queue_name_from_env
@@ -24,6 +25,7 @@ ENV_PRODUCER_ID = "OFFPATH_PRODUCER_ID"
 ENV_SENDER = "OFFPATH_EMIT_SENDER"
 ENV_SPOOL_DIR = "OFFPATH_EMIT_SPOOL_DIR"
 ENV_SPOOL_MAX_BYTES = "OFFPATH_EMIT_SPOOL_MAX_BYTES"
+ENV_EVENT_ID_TRAILER = "OFFPATH_EMIT_EVENT_ID_TRAILER"
 
 # One send a second keeps SQS calls (and their ~3.5 ms of CPU each on the
 # serving process) rare enough not to show in Query p99; freshness stays
@@ -43,6 +45,12 @@ _DEFAULT_SENDER = "process"
 # The spool keeps what could not be sent (and, as a write-ahead log, what
 # the sender holds); bounded so a long outage cannot fill the disk.
 _DEFAULT_SPOOL_MAX_BYTES = 256 * 1024 * 1024
+# Which replies carry the event id in trailing metadata: every reply, or
+# only those that end in an error. Every reply by default, so any client can
+# correlate.
+EventIdTrailer = Literal["always", "errors"]
+EVENT_ID_TRAILERS: tuple[EventIdTrailer, ...] = get_args(EventIdTrailer)
+_DEFAULT_EVENT_ID_TRAILER: EventIdTrailer = "always"
 # SendMessageBatch takes at most 10 entries.
 MESSAGES_PER_CALL = 10
 
@@ -75,6 +83,7 @@ class EmitterSettings:
     sender: str = _DEFAULT_SENDER
     spool_dir: str | None = None
     spool_max_bytes: int = _DEFAULT_SPOOL_MAX_BYTES
+    event_id_trailer: EventIdTrailer = _DEFAULT_EVENT_ID_TRAILER
 
     def describe(self) -> dict[str, object]:
         """What the ``emitter_started`` log line says about these settings."""
@@ -86,6 +95,7 @@ class EmitterSettings:
             "events_per_message": self.events_per_message,
             "producer_id": self.producer_id,
             "spool": self.spool_dir,
+            "event_id_trailer": self.event_id_trailer,
         }
 
     def to_json(self) -> str:
@@ -110,6 +120,9 @@ class EmitterSettings:
                 "does not allow, or is longer than 128"
             )
         sender = env_choice(env, ENV_SENDER, _DEFAULT_SENDER, SENDERS)
+        trailer = env_choice(
+            env, ENV_EVENT_ID_TRAILER, _DEFAULT_EVENT_ID_TRAILER, EVENT_ID_TRAILERS
+        )
         spool_dir = env_optional_str(env, ENV_SPOOL_DIR)
         if spool_dir is not None and sender != "process":
             raise SettingsError(
@@ -151,4 +164,5 @@ class EmitterSettings:
                 minimum=1024 * 1024,
                 maximum=1024**4,
             ),
+            event_id_trailer=cast("EventIdTrailer", trailer),
         )

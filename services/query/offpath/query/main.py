@@ -80,10 +80,11 @@ async def run(
     # hands each call's event to the emitter (O(1)), blocking awaits SQS
     # before the reply, off installs nothing (no analytics work at all).
     interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = []
+    trailer = settings.emitter.event_id_trailer
     if emitter is not None:
-        interceptors.append(AnalyticsInterceptor(emitter))
+        interceptors.append(AnalyticsInterceptor(emitter, event_id_trailer=trailer))
     elif blocking is not None:
-        interceptors.append(AnalyticsInterceptor(blocking))
+        interceptors.append(AnalyticsInterceptor(blocking, event_id_trailer=trailer))
     servicer = QueryServicer(index, TemplateGenerator())
     server = settings.server
     # A worker's /metrics is its supervisor's to read (on loopback), and its
