@@ -20,7 +20,11 @@ EXPECTED = {
     "query": "offpath.v1.QueryService",
     "ingest": "offpath.v1.AnalyticsIngest",
 }
-COMMON = {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+COMMON = {
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+}
 
 
 def _buf() -> str:

@@ -17,7 +17,7 @@ import grpc
 import pytest
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 
 from offpath.kit.server import STARTUP_ERROR_EXIT, StartupError, run_service, serve
 from offpath.kit.settings import ServerSettings, SettingsError
@@ -348,22 +348,39 @@ class TestGrace:
 
 
 class TestServices:
-    async def test_reflection_lists_business_health_and_reflection(self, harness: Harness) -> None:
-        """Reflection is added and names the business services, health and itself."""
+    @pytest.mark.parametrize("reflection", ["v1", "v1alpha"])
+    async def test_reflection_lists_business_health_and_reflection(
+        self, harness: Harness, reflection: str
+    ) -> None:
+        """Reflection answers under both its names and lists the business services, health
+        and itself under both names."""
         harness.start()
         await harness.wait_started()
-        stub: Any = reflection_pb2_grpc.ServerReflectionStub(harness.channel)
-        call = stub.ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        # v1 and v1alpha messages are the same on the wire; v1alpha's classes speak both.
+        info = harness.channel.stream_stream(
+            f"/grpc.reflection.{reflection}.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
         )
+        call = info(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         names: set[str] = set()
         async for response in call:
             names |= {service.name for service in response.list_services_response.service}
         assert names == {
             SLOW_SERVICE,
             "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
             "grpc.reflection.v1alpha.ServerReflection",
         }
+
+    async def test_health_list_names_the_server_and_each_service(self, harness: Harness) -> None:
+        """Health/List answers with the server as a whole ("") and every business service,
+        each SERVING once serve() says it is up."""
+        harness.start()
+        await harness.wait_started()
+        response = await harness.health.List(health_pb2.HealthListRequest(), timeout=TIMEOUT_S)
+        statuses = {name: reply.status for name, reply in response.statuses.items()}
+        assert statuses == {"": SERVING, SLOW_SERVICE: SERVING}
 
 
 class TestStartup:

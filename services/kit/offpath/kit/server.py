@@ -17,12 +17,12 @@ from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
 import structlog
-from grpc_health.v1 import health as health_module
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
+from offpath.kit import health as kit_health
 from offpath.kit.logs import configure_logging
 from offpath.kit.looplag import LoopLagMonitor
+from offpath.kit.reflection import enable_reflection
 from offpath.kit.settings import ServerSettings, SettingsError, environ
 from offpath.kit.signals import stop_on_signals
 
@@ -74,9 +74,10 @@ async def serve(
     """Run a server until SIGTERM/SIGINT (or ``stop_event``), then shut down.
 
     ``service_names`` are the full names of the business services; health
-    and reflection are added here. Port 0 binds a free port; the bound port
-    is logged as ``server_started`` (tests read it from there). The event
-    loop's lag is sampled while serving and logged as ``loop_lag`` at the end.
+    (with List) and reflection (v1 and v1alpha) are added here. Port 0 binds
+    a free port; the bound port is logged as ``server_started`` (tests read
+    it from there). The event loop's lag is sampled while serving and logged
+    as ``loop_lag`` at the end.
     ``on_serving(port)`` runs once health says SERVING.
 
     ``worker``: this server is worker ``worker`` of a supervisor that speaks
@@ -96,17 +97,9 @@ async def serve(
         interceptors=interceptors, options=server_options(reuse_port=reuse_port)
     )
     add_servicers(server)
-    # grpc_health exposes its asyncio servicer as `health.aio`, untyped.
-    health = health_module.aio.HealthServicer()  # type: ignore[attr-defined]
+    health = kit_health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        [
-            *service_names,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
-    )
+    enable_reflection([*service_names, kit_health.SERVICE_NAME], server)
     address = f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)
