@@ -3,18 +3,89 @@
 Every line on stdout is one JSON object: ``event`` names what happened, the
 other keys are its fields. Records from the standard library (grpc, botocore)
 go through the same renderer so the stream stays machine-readable.
+
+Tracebacks are rendered as structured frames without their local variables:
+locals of a failing AWS call hold whole request bodies, and a servicer's
+hold the request and its context. An error a client causes is not a bug of
+ours and gets no traceback at all: grpc.aio's "Unexpected [...] raised by
+servicer method [...]" record for a request that does not decode, or a
+method the servicer leaves unimplemented, becomes one warning line
+(``rpc_request_undecodable``, ``rpc_method_unimplemented``) naming the
+method; anything else raised out of a handler stays an error with its
+traceback (``rpc_handler_failed``). Cancelled and timed-out calls are
+logged by grpc at DEBUG only, below the level let through here.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+import traceback
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
 import structlog
+
+# Locals off: see the module docstring. (structlog's dict_tracebacks shows them.)
+_render_exceptions = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+)
+
+# How grpc.aio (grpc/_cython/_cygrpc/aio/server.pyx.pxi, _handle_exceptions)
+# logs an exception out of a handler, or out of decoding the request it was
+# to get, with the traceback attached.
+_GRPC_LOGGER = "grpc._cython.cygrpc"
+_GRPC_HANDLER_EXCEPTION = re.compile(
+    r"Unexpected \[(?P<type>[^\]]*)\] raised by servicer method \[(?P<method>[^\]]*)\]"
+)
+
+# Exceptions a client's call causes, told by where they were raised (the
+# innermost frame), so the same exception raised by our own code keeps its
+# traceback.
+_GRPC_DESERIALIZE = "grpc._cython.cygrpc.deserialize"  # the request's bytes
+_GENERATED_SERVICERS = "_pb2_grpc.py"  # base classes' "Method not implemented!"
+
+
+def _client_caused(error: BaseException) -> str | None:
+    """The event for an exception a client's call caused, else None."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return None
+    raised_in = frames[-1]
+    if raised_in.name == _GRPC_DESERIALIZE:
+        return "rpc_request_undecodable"
+    if isinstance(error, NotImplementedError) and raised_in.filename.endswith(_GENERATED_SERVICERS):
+        # The base class set UNIMPLEMENTED first: that is what the client saw.
+        return "rpc_method_unimplemented"
+    return None
+
+
+def grpc_handler_errors(
+    _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """For a foreign record (a ProcessorFormatter pre-chain step): grpc's
+    record of an exception out of a handler becomes a named event with the
+    method as a field; one a client caused loses its traceback and is a
+    warning (see the module docstring). Any other record passes unchanged."""
+    record = event_dict.get("_record")
+    if record is None or record.name != _GRPC_LOGGER:
+        return event_dict
+    match = _GRPC_HANDLER_EXCEPTION.fullmatch(str(event_dict.get("event", "")))
+    if match is None:
+        return event_dict
+    exc_info = event_dict.get("exc_info")
+    error = exc_info[1] if isinstance(exc_info, tuple) else None
+    event_dict["method"] = match["method"]
+    event = _client_caused(error) if isinstance(error, BaseException) else None
+    if event is None:
+        event_dict.update(event="rpc_handler_failed", error_type=match["type"])
+    else:
+        del event_dict["exc_info"]
+        event_dict.update(event=event, level="warning", error=str(error))
+    return event_dict
 
 
 def configure_logging(service: str, level: str = "info") -> None:
@@ -37,7 +108,7 @@ def configure_logging(service: str, level: str = "info") -> None:
         processors=[
             *shared,
             structlog.processors.StackInfoRenderer(),
-            structlog.processors.dict_tracebacks,
+            _render_exceptions,
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -51,10 +122,10 @@ def configure_logging(service: str, level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=shared,
+            foreign_pre_chain=[*shared, grpc_handler_errors],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.dict_tracebacks,
+                _render_exceptions,
                 structlog.processors.JSONRenderer(),
             ],
         )
