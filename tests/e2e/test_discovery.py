@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any
 
 import grpc
 import pytest
@@ -15,6 +16,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from offpath.dev.stack import DevStack
+from offpath.kit.logs import parse_line
+from offpath.testing.waits import wait_until
 
 EXPECTED = {
     "query": "offpath.v1.QueryService",
@@ -52,25 +55,68 @@ def test_health_reports_serving(stack: DevStack, name: str) -> None:
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-@pytest.mark.parametrize("name", ["query", "ingest"])
-def test_buf_curl_lists_services(stack: DevStack, name: str) -> None:
-    """`buf curl --list-services` (grpcurl-compatible) sees every service by reflection."""
-    out = subprocess.run(
-        [
-            _buf(),
-            "curl",
-            "--protocol",
-            "grpc",
-            "--http2-prior-knowledge",
-            "--list-services",
-            f"http://{stack.host}:{stack.port(name)}",
-        ],
+def _buf_curl(*args: str) -> str:
+    """``buf curl`` over plaintext HTTP/2 (as the README types it); its stdout."""
+    return subprocess.run(
+        [_buf(), "curl", "--protocol", "grpc", "--http2-prior-knowledge", *args],
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     ).stdout
+
+
+@pytest.mark.parametrize("protocol", ["grpc-v1", "grpc-v1alpha"])
+@pytest.mark.parametrize("name", ["query", "ingest"])
+def test_buf_curl_lists_services(stack: DevStack, name: str, protocol: str) -> None:
+    """`buf curl --list-services` sees every service by reflection, over v1 (what grpcurl
+    >= 1.9 tries first) and over v1alpha."""
+    out = _buf_curl(
+        "--reflect-protocol", protocol, "--list-services", f"http://{stack.host}:{stack.port(name)}"
+    )
     assert set(out.split()) == {EXPECTED[name], *COMMON}
+
+
+@pytest.mark.parametrize("name", ["query", "ingest"])
+def test_buf_curl_health_list(stack: DevStack, name: str) -> None:
+    """`buf curl` calls Health/List with its schema from v1 reflection; the answer names the
+    server as a whole and the offpath service, both SERVING."""
+    out = _buf_curl(
+        "--reflect-protocol",
+        "grpc-v1",
+        f"http://{stack.host}:{stack.port(name)}/grpc.health.v1.Health/List",
+    )
+    statuses = {service: reply["status"] for service, reply in json.loads(out)["statuses"].items()}
+    assert statuses == {"": "SERVING", EXPECTED[name]: "SERVING"}
+
+
+@pytest.mark.parametrize("name", ["query", "ingest"])
+def test_expected_errors_log_no_error(stack: DevStack, name: str) -> None:
+    """Health/List logs nothing and a request that does not decode logs one warning line
+    with no traceback: the service's log shows no ERROR for either."""
+    child = stack.children[name]
+    with grpc.insecure_channel(f"{stack.host}:{stack.port(name)}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        stub.List(health_pb2.HealthListRequest(), timeout=5)
+        check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check", request_serializer=None, response_deserializer=None
+        )
+        with pytest.raises(grpc.RpcError):
+            check(b"\xff\xff\xff", timeout=5)
+
+    def undecodable() -> list[dict[str, Any]]:
+        records = (parse_line(line) for line in list(child.tail))
+        return [r for r in records if r is not None and r["event"] == "rpc_request_undecodable"]
+
+    # Logged before the status is sent, so on its way once the call has failed; List's
+    # line, had there been one, came before it.
+    wait_until(lambda: bool(undecodable()), timeout=10)
+    (record,) = undecodable()
+    assert record["level"] == "warning"
+    assert record["method"] == "/grpc.health.v1.Health/Check"
+    assert "exception" not in record
+    lines = [parse_line(line) for line in list(child.tail)]
+    assert [r for r in lines if r is not None and r["level"] == "error"] == []
 
 
 def test_buf_curl_query_then_get_event(stack: DevStack) -> None:
