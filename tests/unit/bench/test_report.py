@@ -217,6 +217,39 @@ def unpinned(phases: dict[str, Any], unavailable: dict[str, str] | None = None) 
     return result
 
 
+class TestLayerFigures:
+    def test_each_layer_is_taken_over_bare_echo_within_each_round(self) -> None:
+        """Each echo layer's figure is its serving-core CPU per request over the bare
+        echo server's in the same round (µs), median of rounds; echo itself has none."""
+
+        def echo_run(serving_ns: int, disturbed: str | None = None) -> Run:
+            return closed(4000.0, disturbed, cpu={"serving_ns": serving_ns, "events": 1000})
+
+        cost = phase(
+            [
+                {"echo": echo_run(200_000_000), "echo-record": echo_run(230_000_000)},
+                {"echo-record": echo_run(260_000_000), "echo": echo_run(210_000_000)},
+                {"echo": echo_run(200_000_000, CORE_SHARED), "echo-record": echo_run(900_000_000)},
+            ],
+            rate=0.0,
+            concurrency=32,
+            channels=1,
+        )
+        (figure,) = figures_for_mode("pinned", mode_result({"cost": cost}))
+        assert figure.measure.id == "layer_cpu"
+        assert figure.variant == "echo-record"
+        assert [r.value for r in figure.rounds] == pytest.approx([30.0, 50.0, 700.0])
+        assert figure.value == pytest.approx(40.0)
+        assert figure.excluded == {CORE_SHARED: 1}
+
+    def test_a_layer_that_did_not_start_is_named(self) -> None:
+        """A layer whose server refused to start gives a figure saying why."""
+        cost = phase([{"echo": closed(4000.0)}], variants=["echo", "echo-emit"], concurrency=32)
+        (figure,) = figures_for_mode("pinned", mode_result({"cost": cost}, {"echo-emit": "no AWS"}))
+        assert figure.verdict == NOT_AVAILABLE
+        assert "not available: no AWS" in figure.detail()
+
+
 class TestWorkersFigures:
     def test_the_gain_is_taken_within_each_round_per_analytics_mode(self) -> None:
         """2 workers over 1 worker's max QPS in the same round: one figure for

@@ -236,6 +236,9 @@ MEASURES = {
         # Per analytics mode: max QPS with 2 workers over 1 worker's, in the
         # same round, the same load (several connections) on the same cores.
         Measure("workers_qps", "Max QPS, 2 workers ÷ 1 worker"),
+        # Per echo layer (offpath.bench.echo): serving-core CPU per request
+        # over the bare echo server's, in the same round, closed loop.
+        Measure("layer_cpu", "Serving-core CPU per request over bare echo", " µs"),
     )
 }
 

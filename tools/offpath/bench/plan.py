@@ -8,6 +8,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
+from offpath.bench.echo import ENV_LAYER as ENV_ECHO_LAYER
+from offpath.bench.echo import LAYERS as ECHO_LAYERS
 from offpath.emitter.settings import ENV_EVENT_ID_TRAILER, ENV_SENDER
 from offpath.query.settings import ENV_WORKERS
 
@@ -47,6 +49,13 @@ VARIANTS = {
     for v in (
         # A bare grpc.aio server with a fixed reply: the floor.
         Variant("echo", "offpath.bench.echo"),
+        # The same with offpath's request-path pieces added one at a time
+        # (offpath.bench.echo's layers): what each costs per request.
+        *(
+            Variant(f"echo-{layer}", "offpath.bench.echo", env={ENV_ECHO_LAYER: layer})
+            for layer in ECHO_LAYERS
+            if layer != "bare"
+        ),
         # The baseline of every ratio.
         Variant("off", env={"OFFPATH_ANALYTICS": "off"}),
         # The product, with the default sender ...
@@ -104,8 +113,10 @@ VARIANTS = {
     )
 }
 BASELINE = "off"
+# The floor: a bare grpc.aio server (the cost phase's baseline).
+ECHO = "echo"
 
-PhaseName = Literal["latency", "max_qps", "at_max", "contrast", "freshness", "workers"]
+PhaseName = Literal["latency", "max_qps", "at_max", "contrast", "freshness", "workers", "cost"]
 PHASE_NAMES: tuple[PhaseName, ...] = get_args(PhaseName)
 
 
@@ -174,6 +185,8 @@ class Profile:
 
 _SENDERS = ("background", "background-thread", "background-process")
 _TRAILER = "background-trailer-errors"
+# The cost phase: the bare echo server, then each layer over it.
+_ECHO_LAYERS = ("echo", *(f"echo-{layer}" for layer in ECHO_LAYERS if layer != "bare"))
 _FAULTS = ("background-sqs-slow", "background-sqs-down")
 
 PROFILES = {
@@ -197,6 +210,10 @@ PROFILES = {
                     rate=200.0,
                     pause_ingest=False,
                 ),
+                # Closed loop on the bare echo server and its layers: CPU
+                # per request of each of offpath's pieces, with nothing else
+                # in the server to hide it.
+                Phase("cost", _ECHO_LAYERS, 1.0, 3.0, concurrency=32),
             ),
             unpinned_phases=(
                 Phase("latency", ("off", "background"), 2.0, 8.0, rate=200.0),

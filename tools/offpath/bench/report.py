@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from offpath.bench.goals import GOALS, Cell, Figure, RoundValue, evaluate, measure
-from offpath.bench.plan import BASELINE, VARIANTS
+from offpath.bench.plan import BASELINE, ECHO, VARIANTS
 from offpath.bench.stats import difference_per, median, ratio
 
 Run = dict[str, Any]
@@ -74,12 +74,15 @@ def _own_rounds(phase: dict[str, Any], variant: str, get: Getter) -> list[RoundV
     ]
 
 
-def _cpu_rounds(phase: dict[str, Any], variant: str, which: str = "serving_ns") -> list[RoundValue]:
-    """CPU per event over off's, within each round, in µs: of the processes
-    that may run on the serving core (``serving_ns``), or of the server's
-    whole tree wherever it ran (``total_ns``)."""
+def _cpu_rounds(
+    phase: dict[str, Any], variant: str, which: str = "serving_ns", baseline: str = BASELINE
+) -> list[RoundValue]:
+    """CPU per event over ``baseline``'s (off unless named), within each
+    round, in µs: of the processes that may run on the serving core
+    (``serving_ns``), or of the server's whole tree wherever it ran
+    (``total_ns``)."""
     values = []
-    for run, base in _pairs(phase, variant):
+    for run, base in _pairs(phase, variant, baseline):
         if run is None:
             continue
         per = difference_per(
@@ -88,7 +91,8 @@ def _cpu_rounds(phase: dict[str, Any], variant: str, which: str = "serving_ns") 
             _get(base, "cpu", which),
             int(_get(base, "cpu", "events") or 0),
         )
-        values.append(RoundValue(None if per is None else per / 1000, run.get("disturbed")))
+        disturbed = run.get("disturbed") or (base or {}).get("disturbed")
+        values.append(RoundValue(None if per is None else per / 1000, disturbed))
     return values
 
 
@@ -213,17 +217,18 @@ def _connections(phase: dict[str, Any]) -> str:
 
 
 def figures_for_mode(mode: str, result: dict[str, Any]) -> list[Figure]:
-    """The figures without a goal: multi-process serving's max QPS gain, per
-    analytics mode (2 workers over 1 worker within each round)."""
+    """The figures without a goal: what each layer of offpath's request path
+    costs over the bare echo server, and multi-process serving's max QPS
+    gain per analytics mode (2 workers over 1 worker within each round)."""
+    unavailable: dict[str, str] = result.get("unavailable", {})
+    figures = _cost_figures(mode, result["phases"].get("cost"), unavailable)
     phase = result["phases"].get("workers")
     if phase is None:
-        return []
-    unavailable: dict[str, str] = result.get("unavailable", {})
+        return figures
     shared = set(result.get("serving_cpus", [])) & set(result.get("other_cpus", []))
     note = _connections(phase) + (
         f"; load generator on the same {len(shared)} cores" if shared else ""
     )
-    figures = []
     for variant in phase["variants"]:
         one = _one_worker(variant)
         if one is None:
@@ -236,6 +241,26 @@ def figures_for_mode(mode: str, result: dict[str, Any]) -> list[Figure]:
             figures.append(
                 measure("workers_qps", one, mode, _ratio_rounds(phase, variant, _qps, one), note)
             )
+    return figures
+
+
+def _cost_figures(
+    mode: str, phase: dict[str, Any] | None, unavailable: dict[str, str]
+) -> list[Figure]:
+    """Serving-core CPU per request of each echo layer over the bare echo
+    server's, within each round."""
+    if phase is None:
+        return []
+    figures = []
+    for variant in phase["variants"]:
+        if variant == ECHO:
+            continue
+        if variant in unavailable:
+            why = f"not available: {unavailable[variant]}"
+            figures.append(measure("layer_cpu", variant, mode, [], why))
+        elif _present(phase, variant):
+            rounds = _cpu_rounds(phase, variant, baseline=ECHO)
+            figures.append(measure("layer_cpu", variant, mode, rounds, _connections(phase)))
     return figures
 
 
@@ -430,9 +455,11 @@ def _figure_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
 
 
 FIGURES_HEADING = (
-    "Measured, no goal in the contract (multi-process serving: QueryService with "
-    "OFFPATH_QUERY_WORKERS=2 over the same server with 1, each round; unpinned, so the "
-    "load generator, one process, shares the cores with the workers):"
+    "Measured, no goal in the contract. Layers: the bare echo server "
+    "(offpath.bench.echo) with one more piece of offpath's request path each, closed "
+    "loop, CPU per request over bare echo's in the same round. Workers: QueryService "
+    "with OFFPATH_QUERY_WORKERS=2 over the same server with 1, each round; unpinned, so "
+    "the load generator, one process, shares the cores with the workers:"
 )
 
 
