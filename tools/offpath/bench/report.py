@@ -24,6 +24,7 @@ _PRODUCT = (
     "background",
     "background-thread",
     "background-process",
+    "background-one-core",
     "background-trailer-errors",
 )
 _FAULTS = {"background-sqs-slow": "p99_sqs_slow", "background-sqs-down": "p99_sqs_down"}

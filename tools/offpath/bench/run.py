@@ -492,6 +492,10 @@ class ModeRunner:
                 self.stack.stop_child(proxy_name)
             return None
         pid = server.process.pid
+        if variant.sender_on_serving_cores:
+            for child in procs.descendants(pid):
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(child, self.serving)
         helpers = [c.process.pid for c in self.stack.children.values() if c.process.poll() is None]
         window = _Window(
             root=pid,
