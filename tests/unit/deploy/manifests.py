@@ -1,7 +1,8 @@
 """Readers of deploy/ shared by the deploy tests: the CloudFormation template,
 the kustomize base and overlay (objects, generated ConfigMaps, the
-environment a Deployment gets), the Dockerfile's stages and its build
-context's ignore rules, and which Deployment runs which service.
+environment a Deployment gets), the kustomizations as kustomize renders them
+(base, overlays, base plus each component), the Dockerfile's stages and its
+build context's ignore rules, and which Deployment runs which service.
 
 Nothing here asserts a property of deploy/ beyond "the file has the shape
 this reader expects"; the tests say what must hold.
@@ -14,7 +15,12 @@ it ``tests.unit.deploy.manifests``.
 from __future__ import annotations
 
 import fnmatch
+import functools
+import os
 import re
+import shutil
+import subprocess
+import tempfile
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +45,9 @@ LOCAL_AWS_DOCKERIGNORE = DEPLOY / "docker" / "Dockerfile.local-aws.dockerignore"
 K8S = DEPLOY / "k8s"
 BASE = K8S / "base"
 LOCAL = K8S / "overlays" / "local"
+AWS = K8S / "overlays" / "aws"
+OVERLAYS = {"local": LOCAL, "aws": AWS}
+COMPONENTS = K8S / "components"
 
 
 # -- YAML ----------------------------------------------------------------------------
@@ -173,6 +182,108 @@ def deployment(service: str) -> dict[str, Any]:
 def main_container(service: str) -> dict[str, Any]:
     container: dict[str, Any] = deployment(service)["spec"]["template"]["spec"]["containers"][0]
     return container
+
+
+# -- Rendered kustomizations ---------------------------------------------------------
+
+
+def kustomize_command() -> list[str]:
+    """The renderer: OFFPATH_KUSTOMIZE if set (a command line, e.g. ``kustomize
+    build``), else a ``kustomize`` binary on PATH, else ``kubectl kustomize``
+    (kubectl embeds kustomize; the project's machine image ships kubectl)."""
+    configured = os.environ.get("OFFPATH_KUSTOMIZE")
+    if configured:
+        return configured.split()
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    raise AssertionError(
+        "no kustomize renderer: install kubectl or kustomize, or set OFFPATH_KUSTOMIZE"
+    )
+
+
+@cache
+def render(root: Path) -> tuple[dict[str, Any], ...]:
+    """The objects kustomize builds from a kustomization folder."""
+    result = subprocess.run(
+        [*kustomize_command(), str(root)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, f"kustomize {root}: {result.stderr}"
+    docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
+    return tuple(cast("list[dict[str, Any]]", docs))
+
+
+def component_names() -> list[str]:
+    """The folders of deploy/k8s/components, each a kustomize Component."""
+    return sorted(p.parent.name for p in COMPONENTS.glob("*/kustomization.yaml"))
+
+
+@cache
+def render_base_with(component: str) -> tuple[dict[str, Any], ...]:
+    """The base with one component, as an overlay listing only it would build."""
+    with tempfile.TemporaryDirectory(prefix="offpath-kustomize-") as folder:
+        root = Path(folder)
+        # kustomize refuses absolute paths to other kustomizations.
+        relative = functools.partial(os.path.relpath, start=root)
+        (root / "kustomization.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                    "kind": "Kustomization",
+                    "resources": [relative(BASE)],
+                    "components": [relative(COMPONENTS / component)],
+                }
+            ),
+            "utf-8",
+        )
+        return render(root)
+
+
+def renderings() -> dict[str, tuple[dict[str, Any], ...]]:
+    """Every rendering the deploy tests check: the base, each overlay, and the
+    base with each component alone."""
+    out = {"base": render(BASE)}
+    out.update({f"overlay:{name}": render(root) for name, root in OVERLAYS.items()})
+    out.update({f"component:{name}": render_base_with(name) for name in component_names()})
+    return out
+
+
+def objects_of(
+    objects: tuple[dict[str, Any], ...] | list[dict[str, Any]], kind: str
+) -> list[dict[str, Any]]:
+    return [doc for doc in objects if doc["kind"] == kind]
+
+
+def one_object(
+    objects: tuple[dict[str, Any], ...] | list[dict[str, Any]], kind: str, name: str
+) -> dict[str, Any]:
+    matches = [doc for doc in objects_of(objects, kind) if doc["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind} {name}, found {len(matches)}"
+    return matches[0]
+
+
+def rendered_env(
+    objects: tuple[dict[str, Any], ...] | list[dict[str, Any]], deployment_name: str
+) -> dict[str, str]:
+    """The environment a rendered Deployment's first container gets from the
+    rendered ConfigMaps its envFrom names (hash suffixes and all)."""
+    maps = {
+        doc["metadata"]["name"]: doc.get("data", {}) for doc in objects_of(objects, "ConfigMap")
+    }
+    container = one_object(objects, "Deployment", deployment_name)["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(maps[source["configMapRef"]["name"]])
+    for variable in container.get("env", []):
+        env[variable["name"]] = variable["value"]
+    return env
 
 
 # -- Docker --------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from offpath.query import settings as query_settings
 from offpath.query.settings import QuerySettings
 
 from .manifests import (
+    AWS,
     BASE,
     LOCAL,
     SERVICES,
@@ -60,7 +61,7 @@ class TestConfigMaps:
         """Every OFFPATH_* key in a generated ConfigMap (base or overlay) is an
         ENV_* constant of a settings module; other keys are standard AWS variables."""
         known = setting_names()
-        for root in (BASE, LOCAL):
+        for root in (BASE, LOCAL, AWS):
             for name, values in generated_config(root).items():
                 for key in values:
                     if key.startswith("OFFPATH_"):
@@ -68,7 +69,9 @@ class TestConfigMaps:
                     else:
                         assert key in AWS_VARIABLES, f"{root.name}/{name}: unexpected {key}"
 
-    @pytest.mark.parametrize("overlay", [(BASE,), (BASE, LOCAL)], ids=["base", "local"])
+    @pytest.mark.parametrize(
+        "overlay", [(BASE,), (BASE, LOCAL), (BASE, AWS)], ids=["base", "local", "aws"]
+    )
     @pytest.mark.parametrize("service", sorted(SERVICES))
     def test_values_are_accepted_by_the_service(
         self, service: str, overlay: tuple[Path, ...]

@@ -1,6 +1,6 @@
 """The Deployments and what runs with them (deploy/k8s, base and local
 overlay) against the services' settings and the image: grpc probes on the
-serving port, shutdown inside the termination grace period, every container
+serving port, a preStop pause and shutdown inside the termination grace period, every container
 locked down with requests and limits, the pod running as the image's user,
 IRSA ServiceAccounts, Services and the disruption budget, and every
 container of an offpath image running a module that image holds.
@@ -86,24 +86,37 @@ class TestProbesAndShutdown:
         for probe in ("livenessProbe", "readinessProbe"):
             assert container[probe]["grpc"] == {"port": settings.port, "service": ""}, probe
 
+    @pytest.mark.parametrize("service", sorted(SERVICES))
+    def test_listener_stays_open_while_endpoint_removal_spreads(self, service: str) -> None:
+        """The container's preStop is the kubelet's own sleep action (no shell
+        or binary needed in the image) of a few seconds, so SIGTERM, and with
+        it NOT_SERVING and the listener's close, comes after the pod has
+        left the endpoints."""
+        pre_stop = main_container(service)["lifecycle"]["preStop"]
+        assert set(pre_stop) == {"sleep"}
+        assert 3 <= pre_stop["sleep"]["seconds"] <= 10
+
     def test_query_drains_inside_the_termination_grace_period(self) -> None:
-        """Server grace plus emitter drain fit in terminationGracePeriodSeconds,
-        and liveness cannot kill the pod before that shutdown ends."""
+        """preStop sleep, then server grace plus emitter drain, fit in
+        terminationGracePeriodSeconds (counted from the start of preStop), and
+        liveness cannot kill the pod before that shutdown ends."""
         settings = QuerySettings.from_env(env_of(deployment("query"), BASE))
+        pre_stop_s = main_container("query")["lifecycle"]["preStop"]["sleep"]["seconds"]
         shutdown_s = settings.server.grace_s + settings.emitter.drain_timeout_s
         pod = deployment("query")["spec"]["template"]["spec"]
         assert pod["terminationGracePeriodSeconds"] == 30
-        assert shutdown_s <= pod["terminationGracePeriodSeconds"]
+        assert pre_stop_s + shutdown_s <= pod["terminationGracePeriodSeconds"]
         liveness = main_container("query")["livenessProbe"]
         assert liveness["periodSeconds"] * (liveness["failureThreshold"] - 1) >= shutdown_s
 
     def test_ingest_stops_inside_the_termination_grace_period(self) -> None:
-        """Server grace plus the consumer's join (also the grace) fit in
-        terminationGracePeriodSeconds."""
+        """preStop sleep, then server grace plus the consumer's join (also the
+        grace), fit in terminationGracePeriodSeconds."""
         settings = IngestSettings.from_env(env_of(deployment("ingest"), BASE))
+        pre_stop_s = main_container("ingest")["lifecycle"]["preStop"]["sleep"]["seconds"]
         pod = deployment("ingest")["spec"]["template"]["spec"]
         assert pod["terminationGracePeriodSeconds"] == 30
-        assert 2 * settings.server.grace_s <= pod["terminationGracePeriodSeconds"]
+        assert pre_stop_s + 2 * settings.server.grace_s <= pod["terminationGracePeriodSeconds"]
 
 
 class TestContainers:
@@ -178,16 +191,17 @@ class TestPods:
         assert re.fullmatch(rf"arn:aws:iam::\w+:role/{name}", role), role
 
     @pytest.mark.parametrize("service", sorted(SERVICES))
-    def test_service_selects_the_pods_and_their_grpc_port(self, service: str) -> None:
-        """The Service's selector matches the pod labels and its port targets
-        the pods' named grpc port."""
+    def test_service_selects_the_pods_and_their_ports(self, service: str) -> None:
+        """The Service's selector matches the pod labels and its ports are the
+        pods' named ports (grpc and metrics), by name and number."""
         spec = base_object("Service", SERVICES[service].name)["spec"]
         labels = deployment(service)["spec"]["template"]["metadata"]["labels"]
         assert spec["selector"].items() <= labels.items()
-        (port,) = spec["ports"]
-        container_port = main_container(service)["ports"][0]
-        assert port["targetPort"] == container_port["name"]
-        assert port["port"] == container_port["containerPort"]
+        container_ports = {p["name"]: p["containerPort"] for p in main_container(service)["ports"]}
+        assert [port["name"] for port in spec["ports"]] == ["grpc", "metrics"]
+        for port in spec["ports"]:
+            assert port["targetPort"] == port["name"]
+            assert port["port"] == container_ports[port["name"]]
 
     def test_query_has_a_disruption_budget(self) -> None:
         """A PodDisruptionBudget covers the QueryService pods and lets at most one

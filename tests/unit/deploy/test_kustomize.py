@@ -1,9 +1,10 @@
-"""The structure of deploy/'s YAML and of the kustomizations (deploy/k8s/base
-and overlays/local): every file parses, every kustomization's resources and
-patches exist and cover its folder, and the local overlay patches and merges
-into what the base defines and points the services at an endpoint it
-defines itself. What the objects say is in test_configmaps.py and
-test_deployments.py.
+"""The structure of deploy/'s YAML and of the kustomizations (deploy/k8s/base,
+overlays/local and aws, components/*): every file parses, every
+kustomization's resources, components and patches exist and cover its
+folder, and the local overlay patches and merges into what the base
+defines and points the services at an endpoint it defines itself. What
+the objects say is in test_configmaps.py, test_deployments.py and
+test_components.py.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from .manifests import (
+    AWS,
     BASE,
+    COMPONENTS,
     DEPLOY,
     K8S,
     LOCAL,
@@ -43,19 +46,26 @@ class TestFiles:
                     assert {"apiVersion", "kind", "metadata"} <= set(doc), path
                     assert doc["metadata"].get("name"), path
 
-    @pytest.mark.parametrize("root", [BASE, LOCAL], ids=["base", "local"])
+    @pytest.mark.parametrize(
+        "root",
+        [BASE, LOCAL, AWS, *sorted(COMPONENTS.glob("*/"))],
+        ids=lambda root: str(root.relative_to(K8S)),
+    )
     def test_kustomization_references_exist(self, root: Path) -> None:
-        """Every resource and patch a kustomization names is there, and every
-        manifest in its folder is listed (none silently left out)."""
+        """Every resource, component and patch file a kustomization names is
+        there, and every manifest in its folder is listed (none silently left
+        out)."""
         spec = kustomization(root)
         listed = set()
-        for entry in spec.get("resources", []):
+        for entry in [*spec.get("resources", []), *spec.get("components", [])]:
             target = (root / entry).resolve()
             assert target.exists(), entry
             if target.is_dir():
                 assert (target / "kustomization.yaml").exists(), entry
             listed.add(target)
         for patch in spec.get("patches", []):
+            if "path" not in patch:
+                continue  # an inline patch
             target = (root / patch["path"]).resolve()
             assert target.exists(), patch
             listed.add(target)
