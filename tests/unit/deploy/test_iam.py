@@ -1,11 +1,15 @@
-"""The template's IAM policies (QueryServicePolicy, AnalyticsIngestPolicy)
-against what each service calls: no wildcards, exactly the expected grants,
-and every AWS call the service can make is granted, found two ways: a scan of
-its source for client method calls, and the client Protocols its code is
-type-checked against (offpath.emitter.sqs.SqsSendClient for QueryService;
+"""The template's IAM policies (QueryServicePolicy, AnalyticsIngestPolicy,
+DlqOperatorPolicy, QueueDepthPolicy) against what their users call, both
+ways: every call is granted, and every grant is called. No wildcards,
+exactly the expected (action, resource) grants, found three ways for our own
+code: a scan of its source for client method calls, the client Protocols it
+is type-checked against (offpath.emitter.sqs.SqsSendClient for QueryService;
 offpath.ingest.consumer.SqsConsumeClient and offpath.ingest.store.
-EventTableClient for AnalyticsIngest). Methods map to IAM actions through
-botocore's own service models.
+EventTableClient for AnalyticsIngest; offpath.client.dlq.DlqClient for the
+operators' DLQ tool), and for the resources, the calls the store and the DLQ
+tool make on the shared in-memory fakes. Methods map to IAM actions through
+botocore's own service models. QueueDepthPolicy is KEDA's (its aws-sqs-queue
+scaler reads the queue depth), not our code's.
 """
 
 from __future__ import annotations
@@ -13,22 +17,37 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pytest
 from botocore import xform_name
 from botocore.session import get_session
 
+from offpath.client.dlq import DeadLetterQueue, DlqClient
 from offpath.emitter.sqs import SqsSendClient
 from offpath.ingest import store
 from offpath.ingest.consumer import SqsConsumeClient
-from offpath.ingest.store import EventTableClient
+from offpath.ingest.settings import DEFAULT_TABLE_NAME
+from offpath.ingest.store import EventStore, EventTableClient
+from offpath.kit.sqs import QueueNames, encode_batch
+from offpath.testing.calls import CallJournal
+from offpath.testing.dynamodb import FakeDynamoDb
+from offpath.testing.sqs import FakeSqs
+from offpath.v1 import analytics_pb2
 
-from .manifests import REPO, cfn_properties
+from .manifests import REPO, cfn_properties, render_base_with
 
-POLICIES = {"query": "QueryServicePolicy", "ingest": "AnalyticsIngestPolicy"}
+POLICIES = {
+    "query": "QueryServicePolicy",
+    "ingest": "AnalyticsIngestPolicy",
+    "operator": "DlqOperatorPolicy",
+    "autoscaler": "QueueDepthPolicy",
+}
+# The policies whose user is code of ours (the autoscaler is KEDA).
+CODE_POLICIES = ("ingest", "operator", "query")
 
-# (action, resource) pairs each service needs: exactly these, no more.
+# (action, resource) pairs each user needs: exactly these, no more.
 # Resources are logical ids, or "<id>/index/<name>" for an index ARN.
 EXPECTED_GRANTS = {
     "query": {
@@ -39,31 +58,45 @@ EXPECTED_GRANTS = {
         ("sqs:GetQueueUrl", "Queue"),
         ("sqs:ReceiveMessage", "Queue"),
         ("sqs:DeleteMessage", "Queue"),
-        ("sqs:ChangeMessageVisibility", "Queue"),
         ("sqs:GetQueueUrl", "DeadLetterQueue"),
         ("sqs:SendMessage", "DeadLetterQueue"),
         ("dynamodb:BatchWriteItem", "Table"),
-        ("dynamodb:PutItem", "Table"),
         ("dynamodb:GetItem", "Table"),
-        ("dynamodb:Query", "Table"),
         ("dynamodb:Query", f"Table/index/{store.TIME_INDEX}"),
+    },
+    "operator": {
+        ("sqs:GetQueueUrl", "DeadLetterQueue"),
+        ("sqs:ReceiveMessage", "DeadLetterQueue"),
+        ("sqs:ChangeMessageVisibility", "DeadLetterQueue"),
+        ("sqs:DeleteMessage", "DeadLetterQueue"),
+        ("sqs:GetQueueUrl", "Queue"),
+        ("sqs:SendMessage", "Queue"),
+    },
+    # KEDA's aws-sqs-queue scaler: GetQueueAttributes (the approximate
+    # message counts) on the queue it scales on, and nothing else.
+    "autoscaler": {
+        ("sqs:GetQueueAttributes", "Queue"),
     },
 }
 
-# Where each service's AWS calls live: its own package, the emitter for
-# QueryService, and the kit. Set-up and the local endpoint (which run with
-# administrator credentials, never inside a service) are in tools/, outside
-# these folders.
+# Where each user's AWS calls live: QueryService's own package, the emitter
+# and the kit; AnalyticsIngest's package and the kit; the DLQ tool's module
+# and the kit (the rest of the client package is gRPC, whose method names,
+# e.g. query(), are not AWS calls). Set-up and the local endpoint (which run
+# with administrator credentials, never inside a service) are in tools/,
+# outside these paths.
 SERVICE_SOURCES = {
     "query": ("services/query", "services/emitter", "services/kit"),
     "ingest": ("services/ingest", "services/kit"),
+    "operator": ("clients/python/offpath/client/dlq.py", "services/kit"),
 }
 
-# The AWS client Protocols each service's code calls through, with the AWS
+# The AWS client Protocols each user's code calls through, with the AWS
 # service whose operations their methods are.
 CLIENT_PROTOCOLS: dict[str, tuple[tuple[type[object], str], ...]] = {
     "query": ((SqsSendClient, "sqs"),),
     "ingest": ((SqsConsumeClient, "sqs"), (EventTableClient, "dynamodb")),
+    "operator": ((DlqClient, "sqs"),),
 }
 # boto3 client methods that send no request (close() releases the connections).
 NOT_OPERATIONS = frozenset({"close"})
@@ -74,6 +107,8 @@ BATCH_ACTIONS = {
     "sqs:DeleteMessageBatch": "sqs:DeleteMessage",
     "sqs:ChangeMessageVisibilityBatch": "sqs:ChangeMessageVisibility",
 }
+# The stack's default names -> logical ids, to read a fake's journal.
+QUEUE_IDS = {QueueNames().queue: "Queue", QueueNames().dlq: "DeadLetterQueue"}
 
 
 def policy_statements(service: str) -> list[dict[str, Any]]:
@@ -147,12 +182,52 @@ def called_actions(service: str) -> dict[str, set[str]]:
     with where it is called."""
     calls: dict[str, set[str]] = {}
     operations = aws_operations()
-    for folder in SERVICE_SOURCES[service]:
-        for path in sorted((REPO / folder).rglob("*.py")):
+    for source in SERVICE_SOURCES[service]:
+        root = REPO / source
+        paths: list[Path] = [root] if root.is_file() else sorted(root.rglob("*.py"))
+        for path in paths:
             for match in re.finditer(r"\.([a-z_][a-z0-9_]*)\(", path.read_text("utf-8")):
                 for action in operations.get(match[1], ()):
                     calls.setdefault(action, set()).add(str(path.relative_to(REPO)))
     return calls
+
+
+def protocol_actions(service: str) -> dict[str, str]:
+    """``Protocol.method`` -> its IAM action, for every method of the user's
+    client Protocols (close() aside)."""
+    methods: dict[str, str] = {}
+    for protocol, aws_service in CLIENT_PROTOCOLS[service]:
+        operations = service_operations(aws_service)
+        for method in sorted(protocol_methods(protocol) - NOT_OPERATIONS):
+            where = f"{protocol.__name__}.{method}"
+            assert method in operations, f"{where} is not an operation of {aws_service}"
+            methods[where] = operations[method]
+    return methods
+
+
+def journal_grants(
+    journal: CallJournal, aws_service: str, fake: FakeSqs | None
+) -> set[tuple[str, str]]:
+    """The (action, resource) pairs a fake's journal shows were called."""
+    operations = service_operations(aws_service)
+    pairs = set()
+    for call in journal.calls:
+        action = operations[call.operation]
+        request = call.request
+        if aws_service == "sqs":
+            assert fake is not None
+            name = request.get("QueueName") or fake.queue(request["QueueUrl"]).name
+            resource = QUEUE_IDS[name]
+        else:
+            # BatchWriteItem names its tables as the keys of RequestItems.
+            tables = (
+                {request["TableName"]} if "TableName" in request else set(request["RequestItems"])
+            )
+            assert tables == {DEFAULT_TABLE_NAME}, request
+            index = request.get("IndexName")
+            resource = f"Table/index/{index}" if index else "Table"
+        pairs.add((action, resource))
+    return pairs
 
 
 def protocol_methods(protocol: type[object]) -> set[str]:
@@ -163,6 +238,50 @@ def protocol_methods(protocol: type[object]) -> set[str]:
         for name, value in vars(klass).items()
         if callable(value) and not name.startswith("_")
     }
+
+
+def dlq_tool_on_a_fake() -> FakeSqs:
+    """A fake SQS with the stack's two queues, on which the DLQ tool looked
+    both up, listed the DLQ, redrove one message and left the other: every
+    path of offpath.client.dlq. Its journal holds only the tool's calls."""
+    sqs = FakeSqs()
+    names = QueueNames()
+    for name in (names.queue, names.dlq):
+        sqs.add_queue(name, FifoQueue="true")
+    batch = analytics_pb2.AnalyticsBatch(batch_id="b-1")
+    for number in range(2):
+        sqs.send_message(
+            QueueUrl=sqs.queue(names.dlq).url,
+            MessageBody=encode_batch(batch),
+            MessageGroupId="producer-1",
+            MessageDeduplicationId=f"d-{number}",
+        )
+    sqs.journal.calls.clear()
+    dlq = DeadLetterQueue.from_names(names, sqs)
+    assert len(dlq.peek()) == 2
+    assert len(list(dlq.redrive(limit=1))) == 1
+    return sqs
+
+
+def store_on_a_fake() -> FakeDynamoDb:
+    """A fake DynamoDB with the stack's table, on which the store wrote an
+    event, read it back, listed a time range and summarised it: every read
+    and write of offpath.ingest.store. Its journal holds only the store's calls."""
+    ddb = FakeDynamoDb()
+    ddb.create_table(**store.create_table_request(DEFAULT_TABLE_NAME))
+    ddb.journal.calls.clear()
+    events = EventStore(ddb, DEFAULT_TABLE_NAME)
+    event = analytics_pb2.AnalyticsEvent(
+        event_id="0190a8d0-0000-7000-8000-000000000001", service="s", method="/s/M"
+    )
+    day_ns = 1_800_000_000 * 10**9
+    event.occurred_at.FromNanoseconds(day_ns)
+    assert events.write([("b-1", [event])], ingested_ns=day_ns) == 1
+    assert events.get(event.event_id) is not None
+    page, _ = events.list(day_ns - 10**9, day_ns + 10**9, page_size=10)
+    assert len(page) == 1
+    assert events.summary(day_ns - 10**9, day_ns + 10**9).event_count == 1
+    return ddb
 
 
 class TestIamPolicies:
@@ -177,15 +296,19 @@ class TestIamPolicies:
                 assert "*" not in text, f"{POLICIES[service]}: wildcard in {text!r}"
 
     @pytest.mark.parametrize("service", sorted(POLICIES))
-    def test_grants_exactly_what_the_service_needs(self, service: str) -> None:
-        """The policy's (action, resource) pairs are exactly the service's list:
-        a missing one breaks the service, an extra one is privilege it does not
-        use."""
+    def test_grants_exactly_what_the_user_needs(self, service: str) -> None:
+        """The policy's (action, resource) pairs are exactly the user's list:
+        a missing one breaks it, an extra one is privilege it does not use."""
         assert granted(service) == EXPECTED_GRANTS[service]
 
-    @pytest.mark.parametrize("service", sorted(POLICIES))
-    def test_service_code_calls_only_granted_actions(self, service: str) -> None:
-        """Every SQS/DynamoDB client method the service's code calls maps to an
+
+class TestGrantsAreCalled:
+    """Both ways for the policies our own code uses: calls are granted, and
+    grants are called."""
+
+    @pytest.mark.parametrize("service", CODE_POLICIES)
+    def test_code_calls_only_granted_actions(self, service: str) -> None:
+        """Every SQS/DynamoDB client method the user's code calls maps to an
         action its policy grants, so a new AWS call cannot ship without its IAM."""
         calls = called_actions(service)
         assert calls, f"found no AWS calls in {SERVICE_SOURCES[service]}: is the scan broken?"
@@ -195,21 +318,52 @@ class TestIamPolicies:
         }
         assert not missing, f"{POLICIES[service]} lacks {missing}"
 
-    @pytest.mark.parametrize("service", sorted(POLICIES))
-    def test_client_protocols_call_only_granted_actions(self, service: str) -> None:
-        """Every method of the service's AWS client Protocols (all mypy lets its
-        code call on a client) is an SQS/DynamoDB operation whose IAM action the
-        policy grants."""
-        allowed = {action for action, _ in granted(service)}
+    @pytest.mark.parametrize("service", CODE_POLICIES)
+    def test_every_granted_action_is_called(self, service: str) -> None:
+        """Every action the policy grants is the action of a client method the
+        user's code calls: a grant nothing calls fails."""
+        calls = called_actions(service)
+        unused = {action for action, _ in granted(service)} - set(calls)
+        assert not unused, f"{POLICIES[service]} grants {sorted(unused)}, never called"
+
+    @pytest.mark.parametrize("service", CODE_POLICIES)
+    def test_client_protocols_are_exactly_the_granted_actions(self, service: str) -> None:
+        """The methods of the user's AWS client Protocols (all mypy lets its
+        code call on a client) map to exactly the actions the policy grants:
+        none ungranted, none granted without a method."""
         assert not NOT_OPERATIONS & set(aws_operations()), "close became an AWS operation"
-        methods: dict[str, str] = {}
-        for protocol, aws_service in CLIENT_PROTOCOLS[service]:
-            operations = service_operations(aws_service)
-            for method in sorted(protocol_methods(protocol) - NOT_OPERATIONS):
-                where = f"{protocol.__name__}.{method}"
-                assert method in operations, f"{where} is not an operation of {aws_service}"
-                methods[where] = operations[method]
-        # Both services look their queue up by name (offpath.kit.sqs.QueueUrlClient).
+        methods = protocol_actions(service)
+        # Every user looks its queues up by name (offpath.kit.sqs.QueueUrlClient).
         assert any(where.endswith(".get_queue_url") for where in methods), sorted(methods)
+        allowed = {action for action, _ in granted(service)}
         missing = {where: action for where, action in methods.items() if action not in allowed}
         assert not missing, f"{POLICIES[service]} lacks {missing}"
+        unused = allowed - set(methods.values())
+        assert not unused, f"{POLICIES[service]} grants {sorted(unused)}, in no Protocol"
+
+    def test_dlq_tool_calls_exactly_its_grants_on_each_queue(self) -> None:
+        """Listing and redriving the DLQ on the fake calls exactly the
+        operator policy's (action, queue) pairs: receive, visibility and
+        delete on the DLQ, send on the events queue, look-ups on both."""
+        sqs = dlq_tool_on_a_fake()
+        assert journal_grants(sqs.journal, "sqs", sqs) == granted("operator")
+
+    def test_store_calls_exactly_its_table_grants(self) -> None:
+        """Writing, reading, listing and summarising on the fake calls exactly
+        AnalyticsIngest's DynamoDB (action, resource) pairs: item calls on the
+        table, Query only on the time index."""
+        ddb = store_on_a_fake()
+        table_grants = {pair for pair in granted("ingest") if pair[0].startswith("dynamodb:")}
+        assert journal_grants(ddb.journal, "dynamodb", None) == table_grants
+
+    def test_queue_depth_policy_is_for_the_keda_trigger(self) -> None:
+        """The keda component scales on the queue with the aws-sqs-queue
+        scaler under the KEDA operator's identity: the only caller of
+        QueueDepthPolicy's GetQueueAttributes, which no service role has."""
+        objects = render_base_with("keda")
+        (scaled,) = [doc for doc in objects if doc["kind"] == "ScaledObject"]
+        assert [trigger["type"] for trigger in scaled["spec"]["triggers"]] == ["aws-sqs-queue"]
+        (auth,) = [doc for doc in objects if doc["kind"] == "TriggerAuthentication"]
+        assert auth["spec"]["podIdentity"].get("identityOwner", "keda") == "keda"
+        for service in CODE_POLICIES:
+            assert "sqs:GetQueueAttributes" not in {action for action, _ in granted(service)}
