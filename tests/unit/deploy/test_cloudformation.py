@@ -182,6 +182,8 @@ class TestTemplate:
         assert outputs["TableName"] == {"Ref": "Table"}
         assert outputs["QueryServicePolicyArn"] == {"Ref": "QueryServicePolicy"}
         assert outputs["AnalyticsIngestPolicyArn"] == {"Ref": "AnalyticsIngestPolicy"}
+        assert outputs["QueueDepthPolicyArn"] == {"Ref": "QueueDepthPolicy"}
+        assert outputs["DlqOperatorPolicyArn"] == {"Ref": "DlqOperatorPolicy"}
 
     def test_cfn_lint_passes(self) -> None:
         """cfn-lint (the version the lock pins) finds no error, warning or
