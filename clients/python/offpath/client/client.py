@@ -1,4 +1,4 @@
-"""A small synchronous client over both services' gRPC APIs."""
+"""A synchronous client over both services' gRPC APIs (see :mod:`.aio` for asyncio)."""
 
 from __future__ import annotations
 
@@ -7,59 +7,73 @@ from collections.abc import Iterator
 from datetime import datetime
 
 import grpc
-from google.protobuf import timestamp_pb2
 
-from offpath.kit import defaults
+from offpath.client.channels import open_channel
+from offpath.client.messages import (
+    DEFAULT_PAGE_SIZE,
+    WAIT_INTERVAL_S,
+    list_events_request,
+    query_request,
+    summary_request,
+)
+from offpath.client.settings import DEFAULT_INGEST_TARGET, DEFAULT_QUERY_TARGET, ClientSettings
 from offpath.v1 import analytics_pb2, ingest_pb2, ingest_pb2_grpc, query_pb2, query_pb2_grpc
 
-DEFAULT_QUERY_TARGET = defaults.QUERY_TARGET
-DEFAULT_INGEST_TARGET = defaults.INGEST_TARGET
-
-
-def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
+__all__ = ["DEFAULT_INGEST_TARGET", "DEFAULT_QUERY_TARGET", "OffpathClient"]
 
 
 class OffpathClient:
     """Calls QueryService and AnalyticsIngest; one channel each, opened lazily.
 
-    Errors surface as ``grpc.RpcError`` with the server's status code and
-    message (INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE, ...).
+    Configured by ``settings`` (default: :meth:`ClientSettings.from_env`, the
+    same ``OFFPATH_*`` variables the ``offpath`` command reads); the targets
+    and ``timeout`` given here override it. Calls that fail with UNAVAILABLE
+    are retried by gRPC under the settings' retry policy, within the call's
+    deadline. Errors surface as ``grpc.RpcError`` with the server's status
+    code and message (INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE, ...).
     """
 
     def __init__(
         self,
-        query_target: str = DEFAULT_QUERY_TARGET,
-        ingest_target: str = DEFAULT_INGEST_TARGET,
+        query_target: str | None = None,
+        ingest_target: str | None = None,
         *,
-        timeout: float = 5.0,
+        timeout: float | None = None,
+        settings: ClientSettings | None = None,
     ) -> None:
-        self.query_target = query_target
-        self.ingest_target = ingest_target
-        self.timeout = timeout
+        self.settings = (settings or ClientSettings.from_env()).replace(
+            query_target=query_target, ingest_target=ingest_target, timeout_s=timeout
+        )
         self._query_channel: grpc.Channel | None = None
         self._ingest_channel: grpc.Channel | None = None
 
+    @property
+    def query_target(self) -> str:
+        return self.settings.query_target
+
+    @property
+    def ingest_target(self) -> str:
+        return self.settings.ingest_target
+
+    @property
+    def timeout(self) -> float:
+        return self.settings.timeout_s
+
     def _query_stub(self) -> query_pb2_grpc.QueryServiceStub:
         if self._query_channel is None:
-            self._query_channel = grpc.insecure_channel(self.query_target)
+            self._query_channel = open_channel(self.query_target, self.settings)
         return query_pb2_grpc.QueryServiceStub(self._query_channel)
 
     def _ingest_stub(self) -> ingest_pb2_grpc.AnalyticsIngestStub:
         if self._ingest_channel is None:
-            self._ingest_channel = grpc.insecure_channel(self.ingest_target)
+            self._ingest_channel = open_channel(self.ingest_target, self.settings)
         return ingest_pb2_grpc.AnalyticsIngestStub(self._ingest_channel)
 
     def query(self, text: str, top_k: int | None = None) -> query_pb2.QueryResponse:
         """Ask QueryService; the response carries the analytics event id."""
-        request = query_pb2.QueryRequest(query=text)
-        if top_k is not None:
-            request.top_k = top_k
-        response: query_pb2.QueryResponse = self._query_stub().Query(request, timeout=self.timeout)
+        response: query_pb2.QueryResponse = self._query_stub().Query(
+            query_request(text, top_k), timeout=self.timeout
+        )
         return response
 
     def get_event(self, event_id: str) -> ingest_pb2.GetEventResponse:
@@ -70,7 +84,7 @@ class OffpathClient:
         return response
 
     def wait_for_event(
-        self, event_id: str, *, timeout: float = 10.0, interval: float = 0.2
+        self, event_id: str, *, timeout: float = 10.0, interval: float = WAIT_INTERVAL_S
     ) -> ingest_pb2.GetEventResponse:
         """Poll :meth:`get_event` while it answers NOT_FOUND, up to ``timeout``."""
         deadline = time.monotonic() + timeout
@@ -87,17 +101,12 @@ class OffpathClient:
         *,
         start: datetime | None = None,
         end: datetime | None = None,
-        page_size: int = 100,
+        page_size: int = DEFAULT_PAGE_SIZE,
         newest_first: bool = False,
         limit: int | None = None,
     ) -> Iterator[analytics_pb2.AnalyticsEvent]:
         """Events in [start, end) (default: the last 24 hours), page by page."""
-        request = ingest_pb2.ListEventsRequest(
-            start_time=_timestamp(start),
-            end_time=_timestamp(end),
-            page_size=page_size,
-            newest_first=newest_first,
-        )
+        request = list_events_request(start, end, page_size, newest_first)
         yielded = 0
         while True:
             response: ingest_pb2.ListEventsResponse = self._ingest_stub().ListEvents(
@@ -117,8 +126,7 @@ class OffpathClient:
     ) -> ingest_pb2.GetSummaryResponse:
         """Totals over [start, end) (default: the last 24 hours)."""
         response: ingest_pb2.GetSummaryResponse = self._ingest_stub().GetSummary(
-            ingest_pb2.GetSummaryRequest(start_time=_timestamp(start), end_time=_timestamp(end)),
-            timeout=self.timeout,
+            summary_request(start, end), timeout=self.timeout
         )
         return response
 
