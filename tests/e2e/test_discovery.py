@@ -153,7 +153,8 @@ def test_buf_curl_query_then_get_event(stack: DevStack) -> None:
 
 
 def test_cli_query_then_event(stack: DevStack) -> None:
-    """`offpath query` prints the answer and event id; `offpath event --wait` prints it."""
+    """`offpath query` prints the answer and event id; `offpath event --wait` prints
+    it as JSON."""
     env = {
         **os.environ,
         "OFFPATH_QUERY_TARGET": stack.query_target,
@@ -166,7 +167,7 @@ def test_cli_query_then_event(stack: DevStack) -> None:
     assert "Kubernetes" in out
     event_id = out.strip().splitlines()[-1].split()[1]
     shown = subprocess.run(
-        [*cli, "event", event_id, "--wait", "5"],
+        [*cli, "event", event_id, "--wait", "5", "--output", "json"],
         env=env,
         capture_output=True,
         text=True,
@@ -177,7 +178,8 @@ def test_cli_query_then_event(stack: DevStack) -> None:
 
 
 def test_cli_reports_server_errors_plainly(stack: DevStack) -> None:
-    """A bad request prints the status and message, exits 1, and shows no traceback."""
+    """A bad request prints the status and message, exits 2 (invalid input), and
+    shows no traceback."""
     env = {**os.environ, "OFFPATH_QUERY_TARGET": stack.query_target}
     done = subprocess.run(
         [sys.executable, "-m", "offpath.client", "query", ""],
@@ -186,6 +188,6 @@ def test_cli_reports_server_errors_plainly(stack: DevStack) -> None:
         text=True,
         timeout=60,
     )
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert done.stderr.startswith("offpath: INVALID_ARGUMENT: query must not be empty")
     assert "Traceback" not in done.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 
 from offpath.client.dlq import REDRIVEN_BY_SQS, DeadLetterQueue
 from offpath.dev.bootstrap import ResourceNames, Resources
+from offpath.dev.stack import DevStack
 from offpath.emitter import EmitterSettings, SqsSink
 from offpath.ingest.consumer import Consumer, Queues
 from offpath.ingest.store import EventStore
@@ -80,7 +82,8 @@ def test_redrive_moves_messages_back_and_they_are_ingested(
 
 
 def test_cli_lists_the_dlq(resources: Resources, names: ResourceNames) -> None:
-    """`offpath dlq list` prints each message's reason and a count."""
+    """`offpath dlq list` prints each message's reason under a header and a count;
+    with `--output json`, one document with the same message."""
     _poison(resources, "garbage!", "p3")
     _consume(resources)
     env = {
@@ -88,6 +91,33 @@ def test_cli_lists_the_dlq(resources: Resources, names: ResourceNames) -> None:
         "OFFPATH_SQS_QUEUE_NAME": names.queues.queue,
         "OFFPATH_SQS_DLQ_NAME": names.queues.dlq,
     }
+
+    def offpath(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "offpath.client", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    done = offpath("dlq", "list")
+    assert done.returncode == 0, done.stderr
+    header, row, *_ = done.stdout.splitlines()
+    assert header.split() == ["SENT_AT", "MESSAGE_ID", "EVENTS", "BYTES", "RECEIVES", "REASON"]
+    assert "undecodable" in row
+    assert "body is not base64" in row
+    assert "1 message(s) shown" in done.stdout
+    as_json = offpath("dlq", "list", "--output", "json")
+    assert as_json.returncode == 0, as_json.stderr
+    (message,) = json.loads(as_json.stdout)["messages"]
+    assert message["reason"].startswith("body is not base64")
+    assert message["events"] is None
+
+
+def test_cli_exits_3_for_a_queue_that_does_not_exist(local_aws: DevStack) -> None:
+    """`offpath dlq list` naming a queue SQS does not have exits 3 (not found)."""
+    env = {**os.environ, "OFFPATH_SQS_QUEUE_NAME": f"missing-{new_id()}.fifo"}
     done = subprocess.run(
         [sys.executable, "-m", "offpath.client", "dlq", "list"],
         env=env,
@@ -95,6 +125,5 @@ def test_cli_lists_the_dlq(resources: Resources, names: ResourceNames) -> None:
         text=True,
         timeout=60,
     )
-    assert done.returncode == 0, done.stderr
-    assert "reason: body is not base64" in done.stdout
-    assert "1 message(s) shown" in done.stdout
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.startswith("offpath: SQS:")
