@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from offpath.client import settings as client_settings
+from offpath.client.settings import ClientSettings
 from offpath.dev import localaws
 from offpath.dev.localaws import LOCAL_DEFAULTS, endpoint_url
 from offpath.ingest import settings as ingest_settings
@@ -303,16 +305,58 @@ class DevStack:
 
 
 def _banner(stack: DevStack) -> str:
-    q, i = stack.query_target, stack.ingest_target
-    return (
-        "\n"
-        f"offpath is up: QueryService {q}, AnalyticsIngest {i}, local AWS {stack.endpoint}\n"
-        f'  .venv/bin/offpath query "kubernetes"\n'
-        f"  .tools/node_modules/.bin/buf curl --protocol grpc --http2-prior-knowledge "
-        f'-d \'{{"query":"kubernetes"}}\' http://{q}/offpath.v1.QueryService/Query\n'
-        f"  metrics: http://{stack.host}:{stack.children['query'].metrics_port}/metrics, "
-        f"http://{stack.host}:{stack.children['ingest'].metrics_port}/metrics\n"
-        "Ctrl-C stops everything.\n"
+    return banner(
+        query_target=stack.query_target,
+        ingest_target=stack.ingest_target,
+        endpoint=stack.endpoint,
+        metrics=[
+            f"http://{stack.host}:{stack.children[name].metrics_port}/metrics"
+            for name in ("query", "ingest")
+        ],
+    )
+
+
+def banner(
+    *,
+    query_target: str,
+    ingest_target: str,
+    endpoint: str,
+    metrics: list[str],
+    env: Mapping[str, str] | None = None,
+) -> str:
+    """What ``make run`` prints once up: commands that reach *these* ports.
+
+    A target is exported when the client, reading ``env`` (default: this
+    process's environment, which the shell that ran ``make run`` shares),
+    would go elsewhere: the stack started on other ports (``OFFPATH_QUERY_PORT``,
+    ``--query-port``, ...), or a target variable is set to another address.
+    """
+    q, i = query_target, ingest_target
+    try:
+        current: ClientSettings | None = ClientSettings.from_env(env)
+    except SettingsError:
+        current = None
+    moved = [
+        f"{variable}={target}"
+        for variable, target, field in (
+            (client_settings.ENV_QUERY_TARGET, q, "query_target"),
+            (client_settings.ENV_INGEST_TARGET, i, "ingest_target"),
+        )
+        if current is None or getattr(current, field) != target
+    ]
+    export = [f"  export {' '.join(moved)}\n"] if moved else []
+    return "".join(
+        [
+            "\n",
+            f"offpath is up: QueryService {q}, AnalyticsIngest {i}, local AWS {endpoint}\n",
+            *export,
+            '  .venv/bin/offpath query "kubernetes"\n',
+            "  .venv/bin/offpath events --since 5m\n",
+            "  .tools/node_modules/.bin/buf curl --protocol grpc --http2-prior-knowledge "
+            f'-d \'{{"query":"kubernetes"}}\' http://{q}/offpath.v1.QueryService/Query\n',
+            f"  metrics: {', '.join(metrics)}\n",
+            "Ctrl-C stops everything.\n",
+        ]
     )
 
 
