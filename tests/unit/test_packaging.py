@@ -96,6 +96,28 @@ class TestWheel:
         scripts = {line.split("=")[0].strip() for line in text.splitlines() if "=" in line}
         assert scripts == {"offpath", "offpath-query", "offpath-ingest"}
 
+    def test_the_client_alone_needs_grpcio_protobuf_and_click(self, wheel: Path) -> None:
+        """A plain install of the wheel requires grpcio, protobuf and click only; boto3,
+        structlog and the other server-side packages come with the services extra."""
+        with zipfile.ZipFile(wheel) as archive:
+            (metadata,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+            text = archive.read(metadata).decode()
+        requires = [
+            line.split(":", 1)[1].strip()
+            for line in text.splitlines()
+            if line.startswith("Requires-Dist:")
+        ]
+        plain = {
+            re.split(r"[<>=!~ ;\[]", r, maxsplit=1)[0] for r in requires if "extra ==" not in r
+        }
+        services = {
+            re.split(r"[<>=!~ ;\[]", r, maxsplit=1)[0]
+            for r in requires
+            if 'extra == "services"' in r
+        }
+        assert plain == {"grpcio", "protobuf", "click"}
+        assert {"boto3", "structlog", "prometheus-client", "uuid-utils"} <= services
+
     def test_services_and_client_import_without_the_tools(
         self, wheel: Path, tmp_path: Path
     ) -> None:

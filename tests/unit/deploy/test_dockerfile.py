@@ -87,6 +87,14 @@ def pip_commands(stage: Stage) -> Iterator[tuple[str, list[str]]]:
                 yield match[1], match[2].split()
 
 
+def service_requirements() -> set[str]:
+    """What the services run with: the root distribution's dependencies (the
+    client's) and its services extra."""
+    project = pyproject()["project"]
+    specs = [*project["dependencies"], *project["optional-dependencies"]["services"]]
+    return {requirement_name(spec) for spec in specs}
+
+
 def development_requirements() -> set[str]:
     """Every distribution only development needs: the root's dev extra and the
     tools distribution's dependencies (offpath itself aside)."""
@@ -145,9 +153,9 @@ TARGETS = [
 
 class TestDependencies:
     def test_runtime_dependencies_are_pyprojects(self) -> None:
-        """The builder installs exactly pyproject.toml's dependencies into the
-        runtime venv, each pinned by requirements.lock."""
-        declared = {requirement_name(spec) for spec in pyproject()["project"]["dependencies"]}
+        """The builder installs exactly pyproject.toml's dependencies and its
+        services extra into the runtime venv, each pinned by requirements.lock."""
+        declared = service_requirements()
         installed = {
             normalize(name) for name in pip_installs(dockerfile_stages()["builder"], RUNTIME_VENV)
         }
@@ -177,9 +185,7 @@ class TestDependencies:
         (dependencies,) = others
         assert dependencies[:2] == ["--constraint", "requirements.lock"], dependencies
         installed = {normalize(name) for name in dependencies[2:]}
-        assert installed == {
-            requirement_name(spec) for spec in pyproject()["project"]["dependencies"]
-        }
+        assert installed == service_requirements()
         development = development_requirements()
         assert "moto" in development
         assert not installed & development, installed & development
