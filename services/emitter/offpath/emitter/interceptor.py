@@ -88,6 +88,7 @@ _MAX_CACHED_METHODS = 1024
 # is cheaper on the path every RPC takes.
 _CODE_NUMBERS = {code: code.value[0] for code in grpc.StatusCode}
 _UNKNOWN = _CODE_NUMBERS[grpc.StatusCode.UNKNOWN]
+_OK = grpc.StatusCode.OK
 
 # A call cancelled with less than this left before its deadline is taken to
 # have hit the deadline: the server's deadline timer and the client's own
@@ -226,7 +227,7 @@ def _intercept_coroutine(site: _Site, behaviour: Behaviour) -> Behaviour:
             raise
         finally:
             _current.reset(token)
-        pending = call.finish(_returned_code(context))
+        pending = call.finish(call.returned_code())
         if pending is not None:
             await pending
         return response
@@ -254,14 +255,9 @@ def _intercept_generator(site: _Site, behaviour: Behaviour) -> Behaviour:
         finally:
             _current.reset(token)
             await responses.aclose()
-        await call.finish_awaiting(_returned_code(context))
+        await call.finish_awaiting(call.returned_code())
 
     return intercepted
-
-
-def _returned_code(context: _Context) -> grpc.StatusCode:
-    code: object = context.code()  # None unless the handler called set_code
-    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK
 
 
 def _failed_code(context: _Context) -> grpc.StatusCode:
@@ -286,6 +282,7 @@ class _Call(_Context):
     ``set_trailing_metadata`` extended as the module's docstring says)."""
 
     __slots__ = (
+        "_code",
         "_context",
         "_pair",
         "_recorded",
@@ -302,6 +299,9 @@ class _Call(_Context):
         self._site = site
         self._context = context
         self._recorded = False
+        # What the handler gave set_code (kept here: asking grpc's context
+        # costs more on the path every call takes).
+        self._code: grpc.StatusCode | None = None
         event_id = new_id()
         self.rpc = RpcAnalytics(event_id)
         self._pair: tuple[str, str] = (EVENT_ID_METADATA, event_id)
@@ -330,13 +330,14 @@ class _Call(_Context):
             context.set_trailing_metadata((*context.trailing_metadata(), self._pair))
         record = event_record(
             self.rpc,
-            occurred_at_ns=self._started_ns,
-            service=site.service,
-            method=site.method,
-            processing_ns=time.perf_counter_ns() - self._t0,
-            # .get: a code grpc does not know (abort given an int, say) must
-            # not make analytics raise into the RPC.
-            status_code=_CODE_NUMBERS.get(code, _UNKNOWN),
+            self._started_ns,
+            site.service,
+            site.method,
+            time.perf_counter_ns() - self._t0,
+            # OK first: StatusCode hashes in Python, an identity test does
+            # not. .get: a code grpc does not know (abort given an int, say)
+            # must not make analytics raise into the RPC.
+            0 if code is _OK else _CODE_NUMBERS.get(code, _UNKNOWN),
         )
         try:
             result = site.recorder.emit(record)
@@ -349,6 +350,11 @@ class _Call(_Context):
         if inspect.isawaitable(result):
             return _guarded(result, record)
         return None
+
+    def returned_code(self) -> grpc.StatusCode:
+        """The status of a call whose handler returned: OK unless it set a code."""
+        code = self._code
+        return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK
 
     async def finish_awaiting(self, code: grpc.StatusCode) -> None:
         pending = self.finish(code)
@@ -397,6 +403,7 @@ class _Call(_Context):
         return self._context.invocation_metadata()
 
     def set_code(self, code: grpc.StatusCode) -> None:
+        self._code = code
         self._context.set_code(code)
 
     def set_details(self, details: str) -> None:
