@@ -8,8 +8,9 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any, cast
 
-from offpath.client.dlq import REDRIVEN_BY_SQS, DeadLetterQueue
+from offpath.client.dlq import RECEIVE_SEND_DELETE, REDRIVEN_BY_SQS, DeadLetterQueue, DlqClient
 from offpath.dev.bootstrap import ResourceNames, Resources
 from offpath.dev.stack import DevStack
 from offpath.emitter import EmitterSettings, SqsSink
@@ -17,7 +18,7 @@ from offpath.ingest.consumer import Consumer, Queues
 from offpath.ingest.store import EventStore
 from offpath.kit.aws import dynamodb_client, sqs_client
 from offpath.kit.ids import new_id
-from offpath.kit.sqs import MESSAGE_ATTRIBUTES, QueueNames
+from offpath.kit.sqs import MESSAGE_ATTRIBUTES, QueueNames, encode_batch
 from offpath.v1 import analytics_pb2
 
 
@@ -70,10 +71,13 @@ def test_redrive_moves_messages_back_and_they_are_ingested(
     sent = SqsSink(dlq_settings).export([event], deadline=time.monotonic() + 10)
     assert sent.sent == 1
     dlq = DeadLetterQueue(sqs_client(), dlq_url=resources.dlq_url, queue_url=resources.queue_url)
-    moved = list(dlq.redrive())
-    assert len(moved) == 1
-    assert moved[0].reason == REDRIVEN_BY_SQS
-    assert moved[0].events == 1
+    report = dlq.redrive()
+    # moto has no StartMessageMoveTask: the pass falls back and says why.
+    assert report.method == RECEIVE_SEND_DELETE
+    assert report.fallback_reason is not None
+    (moved,) = report.letters
+    assert moved.reason == REDRIVEN_BY_SQS
+    assert moved.events == 1
     assert dlq.peek(10) == []
     _consume(resources)
     stored = EventStore(dynamodb_client(), resources.table).get(event.event_id)
@@ -108,6 +112,9 @@ def test_cli_lists_the_dlq(resources: Resources, names: ResourceNames) -> None:
     assert "undecodable" in row
     assert "body is not base64" in row
     assert "1 message(s) shown" in done.stdout
+    # Looking is receiving, and the list says so.
+    assert "each listing adds 1 to RECEIVES" in done.stdout
+    assert "no redrive policy" in done.stdout
     as_json = offpath("dlq", "list", "--output", "json")
     assert as_json.returncode == 0, as_json.stderr
     (message,) = json.loads(as_json.stdout)["messages"]
@@ -127,3 +134,121 @@ def test_cli_exits_3_for_a_queue_that_does_not_exist(local_aws: DevStack) -> Non
     )
     assert done.returncode == 3, done.stderr
     assert done.stderr.startswith("offpath: SQS:")
+
+
+def _offpath_cli(names: ResourceNames, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "OFFPATH_SQS_QUEUE_NAME": names.queues.queue,
+        "OFFPATH_SQS_DLQ_NAME": names.queues.dlq,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "offpath.client", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cli_shows_one_message_decoded(resources: Resources, names: ResourceNames) -> None:
+    """`offpath dlq show ID` prints the message's reason and decoded batch (its
+    invalid event), in a table and as JSON; an unknown id exits 3."""
+    bad = analytics_pb2.AnalyticsEvent(event_id="not-a-uuid", query="bad", producer_id="it")
+    batch = analytics_pb2.AnalyticsBatch(batch_id=new_id(), producer_id="it", events=[bad])
+    _poison(resources, encode_batch(batch), "p-show")
+    _consume(resources)
+    (letter,) = DeadLetterQueue(
+        sqs_client(), dlq_url=resources.dlq_url, queue_url=resources.queue_url
+    ).peek(10)
+    table = _offpath_cli(names, "dlq", "show", letter.message_id)
+    assert table.returncode == 0, table.stderr
+    assert "invalid events" in table.stdout
+    assert "event not-a-uuid" in table.stdout
+    as_json = _offpath_cli(names, "dlq", "show", letter.message_id, "--output", "json")
+    assert as_json.returncode == 0, as_json.stderr
+    shown = json.loads(as_json.stdout)
+    assert shown["reason"].startswith("invalid events")
+    assert shown["batch"]["events"][0]["eventId"] == "not-a-uuid"
+    assert shown["receiveCount"] >= 1
+    missing = _offpath_cli(names, "dlq", "show", new_id())
+    assert missing.returncode == 3, missing.stderr
+
+
+class _ConsumerAfterSend:
+    """A DLQ tool's SQS client (boto3's, over the wire) after whose every send
+    to the events queue the consumer polls once: a poison message is
+    dead-lettered again before the pass's next receive, every time."""
+
+    def __init__(self, consumer: Consumer, queue_url: str) -> None:
+        self._sqs = sqs_client()
+        self._consumer = consumer
+        self._queue_url = queue_url
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sqs, name)
+
+    def send_message(self, **kwargs: Any) -> Any:
+        response = self._sqs.send_message(**kwargs)
+        if kwargs["QueueUrl"] == self._queue_url:
+            while self._consumer.poll_once():
+                pass
+        return response
+
+
+def test_an_unfixed_poison_message_is_moved_once(resources: Resources) -> None:
+    """One poison message whose cause is not fixed, dead-lettered again right
+    after each send: a pass with --limit 10 moves it once, leaves its copy in
+    the DLQ and reports that; the old loop moved it until the limit."""
+    _poison(resources, "still not base64!", "p-loop")
+    consumer = _consume(resources)
+    sqs = _ConsumerAfterSend(consumer, resources.queue_url)
+    dlq = DeadLetterQueue(
+        cast(DlqClient, sqs), dlq_url=resources.dlq_url, queue_url=resources.queue_url
+    )
+    report = dlq.redrive(limit=10)
+    assert (report.moved, report.came_back) == (1, 1)
+    (left,) = dlq.peek(10)
+    assert "base64" in left.reason
+    _drain(resources)
+
+
+def test_cli_redrive_of_an_unfixed_poison_message_reports_1_moved(
+    resources: Resources, names: ResourceNames
+) -> None:
+    """With the consumer running, `offpath dlq redrive` of one poison message
+    whose cause was not fixed reports 1 moved (the issue's Done-when), with
+    --limit 10 in a table and without a limit as JSON."""
+    _poison(resources, "never base64!", "p-cli")
+    consumer = _consume(resources)
+    stop = threading.Event()
+
+    def keep_consuming() -> None:
+        while not stop.is_set():
+            consumer.poll_once()
+
+    worker = threading.Thread(target=keep_consuming, daemon=True)
+    worker.start()
+    try:
+        table = _offpath_cli(names, "dlq", "redrive", "--limit", "10")
+        assert table.returncode == 0, table.stderr
+        assert "moved 1 distinct message(s)" in table.stdout
+        # Again without --limit: SQS's move task is tried first (moto refuses
+        # it), and the pass ends after one move all the same.
+        as_json = _offpath_cli(names, "dlq", "redrive", "--output", "json")
+        assert as_json.returncode == 0, as_json.stderr
+        report = json.loads(as_json.stdout)
+        assert report["movedCount"] == 1
+        assert report["method"] == RECEIVE_SEND_DELETE
+        assert report["fallbackReason"]
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+    _drain(resources)
+
+
+def _drain(resources: Resources) -> None:
+    """Empty both queues (moto's SQS slows as queues grow)."""
+    sqs = sqs_client()
+    for url in (resources.queue_url, resources.dlq_url):
+        sqs.purge_queue(QueueUrl=url)

@@ -14,6 +14,7 @@ scaler reads the queue depth), not our code's.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from functools import cache
@@ -30,7 +31,7 @@ from offpath.ingest import store
 from offpath.ingest.consumer import SqsConsumeClient
 from offpath.ingest.settings import DEFAULT_TABLE_NAME
 from offpath.ingest.store import EventStore, EventTableClient
-from offpath.kit.sqs import QueueNames, encode_batch
+from offpath.kit.sqs import MESSAGE_ATTRIBUTES, QueueNames, encode_batch
 from offpath.testing.calls import CallJournal
 from offpath.testing.dynamodb import FakeDynamoDb
 from offpath.testing.sqs import FakeSqs
@@ -64,11 +65,16 @@ EXPECTED_GRANTS = {
         ("dynamodb:GetItem", "Table"),
         ("dynamodb:Query", f"Table/index/{store.TIME_INDEX}"),
     },
+    # StartMessageMoveTask runs with the caller's permissions: receive,
+    # delete and attributes on the DLQ, send on the events queue.
     "operator": {
         ("sqs:GetQueueUrl", "DeadLetterQueue"),
+        ("sqs:GetQueueAttributes", "DeadLetterQueue"),
         ("sqs:ReceiveMessage", "DeadLetterQueue"),
         ("sqs:ChangeMessageVisibility", "DeadLetterQueue"),
         ("sqs:DeleteMessage", "DeadLetterQueue"),
+        ("sqs:StartMessageMoveTask", "DeadLetterQueue"),
+        ("sqs:ListMessageMoveTasks", "DeadLetterQueue"),
         ("sqs:GetQueueUrl", "Queue"),
         ("sqs:SendMessage", "Queue"),
     },
@@ -216,7 +222,11 @@ def journal_grants(
         request = call.request
         if aws_service == "sqs":
             assert fake is not None
-            name = request.get("QueueName") or fake.queue(request["QueueUrl"]).name
+            if "SourceArn" in request:
+                # Move tasks name their queue by ARN (arn:aws:sqs:region:account:name).
+                name = request["SourceArn"].rsplit(":", 1)[-1]
+            else:
+                name = request.get("QueueName") or fake.queue(request["QueueUrl"]).name
             resource = QUEUE_IDS[name]
         else:
             # BatchWriteItem names its tables as the keys of RequestItems.
@@ -241,25 +251,31 @@ def protocol_methods(protocol: type[object]) -> set[str]:
 
 
 def dlq_tool_on_a_fake() -> FakeSqs:
-    """A fake SQS with the stack's two queues, on which the DLQ tool looked
-    both up, listed the DLQ, redrove one message and left the other: every
-    path of offpath.client.dlq. Its journal holds only the tool's calls."""
+    """A fake SQS with the stack's two queues (the DLQ as the queue's redrive
+    target), on which the DLQ tool looked both up, listed the DLQ, showed a
+    message, redrove one message itself and the rest with SQS's move task:
+    every path of offpath.client.dlq. Its journal holds only the tool's calls."""
     sqs = FakeSqs()
     names = QueueNames()
-    for name in (names.queue, names.dlq):
-        sqs.add_queue(name, FifoQueue="true")
-    batch = analytics_pb2.AnalyticsBatch(batch_id="b-1")
-    for number in range(2):
+    dlq_url = sqs.add_queue(names.dlq, FifoQueue="true")
+    policy = json.dumps({"deadLetterTargetArn": sqs.queue(dlq_url).arn, "maxReceiveCount": 3})
+    sqs.add_queue(names.queue, FifoQueue="true", RedrivePolicy=policy)
+    for number in range(3):
+        batch = analytics_pb2.AnalyticsBatch(batch_id=f"b-{number}")
         sqs.send_message(
-            QueueUrl=sqs.queue(names.dlq).url,
+            QueueUrl=dlq_url,
             MessageBody=encode_batch(batch),
-            MessageGroupId="producer-1",
+            MessageAttributes=MESSAGE_ATTRIBUTES,
+            MessageGroupId=f"producer-{number}",
             MessageDeduplicationId=f"d-{number}",
         )
     sqs.journal.calls.clear()
     dlq = DeadLetterQueue.from_names(names, sqs)
-    assert len(dlq.peek()) == 2
-    assert len(list(dlq.redrive(limit=1))) == 1
+    letters = dlq.peek()
+    assert len(letters) == 3
+    assert dlq.show(letters[0].message_id) is not None
+    assert dlq.redrive(limit=1).moved == 1
+    assert dlq.redrive().moved == 2
     return sqs
 
 
@@ -342,9 +358,10 @@ class TestGrantsAreCalled:
         assert not unused, f"{POLICIES[service]} grants {sorted(unused)}, in no Protocol"
 
     def test_dlq_tool_calls_exactly_its_grants_on_each_queue(self) -> None:
-        """Listing and redriving the DLQ on the fake calls exactly the
-        operator policy's (action, queue) pairs: receive, visibility and
-        delete on the DLQ, send on the events queue, look-ups on both."""
+        """Listing, showing and redriving the DLQ on the fake calls exactly the
+        operator policy's (action, queue) pairs: attributes, receive,
+        visibility, delete and move tasks on the DLQ, send on the events
+        queue, look-ups on both."""
         sqs = dlq_tool_on_a_fake()
         assert journal_grants(sqs.journal, "sqs", sqs) == granted("operator")
 
@@ -366,4 +383,5 @@ class TestGrantsAreCalled:
         (auth,) = [doc for doc in objects if doc["kind"] == "TriggerAuthentication"]
         assert auth["spec"]["podIdentity"].get("identityOwner", "keda") == "keda"
         for service in CODE_POLICIES:
-            assert "sqs:GetQueueAttributes" not in {action for action, _ in granted(service)}
+            # The operators' tool reads the DLQ's ARN and depth, never the queue's.
+            assert ("sqs:GetQueueAttributes", "Queue") not in granted(service)

@@ -126,6 +126,34 @@ class TestFakeSqs:
         with pytest.raises(ClientError, match="NonExistentQueue"):
             FakeSqs().get_queue_url(QueueName="nope")
 
+    def test_move_task_moves_a_dead_letter_queues_visible_messages(self) -> None:
+        """StartMessageMoveTask moves what is visible in a DLQ (not what is in
+        flight) to the destination as new messages, refuses a queue that is no
+        queue's DLQ, and ListMessageMoveTasks shows the finished task without
+        its handle."""
+        sqs = FakeSqs()
+        dlq_url = sqs.add_queue("d.fifo", FifoQueue="true")
+        dlq_arn = sqs.queue(dlq_url).arn
+        policy = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 3})
+        queue_url = sqs.add_queue("q.fifo", FifoQueue="true", RedrivePolicy=policy)
+        for n in range(3):
+            sqs.send_message(
+                QueueUrl=dlq_url,
+                MessageBody=str(n),
+                MessageGroupId=f"g{n}",
+                MessageDeduplicationId=str(n),
+            )
+        sqs.receive_message(QueueUrl=dlq_url, VisibilityTimeout=30)  # "0" in flight
+        with pytest.raises(ClientError, match="InvalidParameterValue"):
+            sqs.start_message_move_task(SourceArn=sqs.queue(queue_url).arn)
+        sqs.start_message_move_task(SourceArn=dlq_arn, DestinationArn=sqs.queue(queue_url).arn)
+        assert sqs.bodies(queue_url) == ["1", "2"]
+        assert sqs.bodies(dlq_url) == ["0"]
+        (task,) = sqs.list_message_move_tasks(SourceArn=dlq_arn, MaxResults=10)["Results"]
+        assert task["Status"] == "COMPLETED"
+        assert task["ApproximateNumberOfMessagesMoved"] == 2
+        assert "TaskHandle" not in task
+
 
 class TestFakeDynamoDb:
     @staticmethod

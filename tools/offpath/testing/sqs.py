@@ -39,6 +39,9 @@ if TYPE_CHECKING:
         GetQueueAttributesResultTypeDef,
         GetQueueUrlRequestTypeDef,
         GetQueueUrlResultTypeDef,
+        ListMessageMoveTasksRequestTypeDef,
+        ListMessageMoveTasksResultEntryTypeDef,
+        ListMessageMoveTasksResultTypeDef,
         MessageTypeDef,
         ReceiveMessageRequestTypeDef,
         ReceiveMessageResultTypeDef,
@@ -47,6 +50,8 @@ if TYPE_CHECKING:
         SendMessageRequestTypeDef,
         SendMessageResultTypeDef,
         SetQueueAttributesRequestTypeDef,
+        StartMessageMoveTaskRequestTypeDef,
+        StartMessageMoveTaskResultTypeDef,
     )
 
 _ACCOUNT = "000000000000"
@@ -104,6 +109,8 @@ class FakeSqs:
         self.closed = 0
         self._now = 1_800_000_000.0
         self._clock = clock
+        # Source queue ARN -> its message move tasks, newest first.
+        self.move_tasks: dict[str, list[ListMessageMoveTasksResultEntryTypeDef]] = {}
 
     # -- the test's controls ---------------------------------------------------
 
@@ -384,6 +391,110 @@ class FakeSqs:
             "Failed": failed,
             "ResponseMetadata": response_metadata(),
         }
+
+    # -- message move tasks (DLQ redrive) ---------------------------------------------
+
+    def start_message_move_task(
+        self, **kwargs: Unpack[StartMessageMoveTaskRequestTypeDef]
+    ) -> StartMessageMoveTaskResultTypeDef:
+        """Moves at once the messages visible when it starts (SQS's task runs in
+        the background, counting them at its start): each is sent anew to the
+        destination (the source of the DLQ's redrive when none is given), with a
+        new id and receive count 0, its attributes and group kept."""
+        scripted = self.journal.record("start_message_move_task", kwargs)
+        if scripted is not None:
+            return cast("StartMessageMoveTaskResultTypeDef", scripted)
+        source = self._by_arn(kwargs["SourceArn"], "StartMessageMoveTask")
+        sources = [
+            q
+            for q in self.queues.values()
+            if json.loads(q.attributes.get("RedrivePolicy") or "{}").get("deadLetterTargetArn")
+            == source.arn
+        ]
+        if not sources:
+            raise client_error(
+                "InvalidParameterValue",
+                "Source queue must be configured as a Dead Letter Queue.",
+                "StartMessageMoveTask",
+            )
+        destination_arn = kwargs.get("DestinationArn")
+        destination = (
+            self._by_arn(destination_arn, "StartMessageMoveTask") if destination_arn else sources[0]
+        )
+        if destination.fifo != source.fifo:
+            raise client_error(
+                "InvalidParameterValue",
+                "The source queue and destination queue must be of the same queue type.",
+                "StartMessageMoveTask",
+            )
+        tasks = self.move_tasks.setdefault(source.arn, [])
+        if any(task.get("Status") == "RUNNING" for task in tasks):
+            raise client_error(
+                "AWS.SimpleQueueService.UnsupportedOperation",
+                "There is already a task running. Only one active task is allowed per source.",
+                "StartMessageMoveTask",
+            )
+        now = self.now
+        moving = [m for m in source.messages if m.visible_at <= now]
+        for message in moving:
+            source.messages.remove(message)
+            destination.messages.append(
+                FakeMessage(
+                    message_id=str(uuid.uuid4()),
+                    body=message.body,
+                    attributes=message.attributes,
+                    sent_at=now,
+                    group_id=message.group_id,
+                    dedup_id=message.message_id if destination.fifo else None,
+                )
+            )
+        handle = uuid.uuid4().hex
+        entry: ListMessageMoveTasksResultEntryTypeDef = {
+            "TaskHandle": handle,
+            "Status": "COMPLETED",
+            "SourceArn": source.arn,
+            "ApproximateNumberOfMessagesMoved": len(moving),
+            "ApproximateNumberOfMessagesToMove": len(moving),
+            "StartedTimestamp": int(now * 1000),
+        }
+        if destination_arn:
+            entry["DestinationArn"] = destination_arn
+        tasks.insert(0, entry)
+        return {"TaskHandle": handle, "ResponseMetadata": response_metadata()}
+
+    def list_message_move_tasks(
+        self, **kwargs: Unpack[ListMessageMoveTasksRequestTypeDef]
+    ) -> ListMessageMoveTasksResultTypeDef:
+        """The source's most recent tasks, newest first (the handle only of a
+        running one, as SQS answers)."""
+        scripted = self.journal.record("list_message_move_tasks", kwargs)
+        if scripted is not None:
+            return cast("ListMessageMoveTasksResultTypeDef", scripted)
+        source = self._by_arn(kwargs["SourceArn"], "ListMessageMoveTasks")
+        wanted = kwargs.get("MaxResults", 1)
+        if not 1 <= wanted <= _MAX_BATCH:
+            raise client_error(
+                "InvalidParameterValue",
+                f"Value {wanted} for parameter MaxResults is invalid",
+                "ListMessageMoveTasks",
+            )
+        results: list[ListMessageMoveTasksResultEntryTypeDef] = []
+        for task in self.move_tasks.get(source.arn, [])[:wanted]:
+            shown = cast("ListMessageMoveTasksResultEntryTypeDef", dict(task))
+            if shown.get("Status") != "RUNNING":
+                shown.pop("TaskHandle", None)
+            results.append(shown)
+        return {"Results": results, "ResponseMetadata": response_metadata()}
+
+    def _by_arn(self, arn: str, operation: str) -> FakeQueue:
+        queue = next((q for q in self.queues.values() if q.arn == arn), None)
+        if queue is None:
+            raise client_error(
+                "ResourceNotFoundException",
+                "The resource that you specified for the SourceArn parameter doesn't exist.",
+                operation,
+            )
+        return queue
 
     def close(self) -> None:
         self.journal.record("close", {})
