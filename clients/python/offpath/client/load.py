@@ -36,8 +36,9 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -75,6 +76,11 @@ _LAG_SAMPLE_S = 0.01
 # "measure_end" once the last one completed, on the generator's loop: keep
 # it short (reading a few /proc files is fine).
 Mark = Callable[[str], None]
+# Run beside the schedule with the result as it fills (a progress display);
+# cancelled once the last request completed. Costs the schedule nothing.
+Watch = Callable[["LoadResult"], Coroutine[Any, Any, None]]
+# Opens the channel to load (default: plaintext to ``target``).
+ChannelFactory = Callable[[], grpc.aio.Channel]
 
 
 @contextlib.contextmanager
@@ -191,11 +197,14 @@ async def run_load(
     warmup_s: float,
     timeout_s: float = 5.0,
     mark: Mark | None = None,
+    channel: ChannelFactory | None = None,
+    watch: Watch | None = None,
 ) -> LoadResult:
     """Offer ``rate`` requests/s for ``warmup_s + duration_s``; record the
-    measured part."""
+    measured part. ``channel`` opens the channel (the command line's, with
+    the client's TLS and token); ``watch`` follows the result as it fills."""
     with _no_gc_pauses():
-        return await _open_loop(target, rate, duration_s, warmup_s, timeout_s, mark)
+        return await _open_loop(target, rate, duration_s, warmup_s, timeout_s, mark, channel, watch)
 
 
 async def _open_loop(
@@ -205,15 +214,19 @@ async def _open_loop(
     warmup_s: float,
     timeout_s: float,
     mark: Mark | None,
+    open_channel: ChannelFactory | None = None,
+    watch: Watch | None = None,
 ) -> LoadResult:
     result = LoadResult(rate=rate, duration_s=duration_s)
     warmup = int(rate * warmup_s)
     total = warmup + int(rate * duration_s)
     interval_ns = int(1e9 / rate)
     lag = LoopLagMonitor(_LAG_SAMPLE_S)
-    async with grpc.aio.insecure_channel(target) as channel:
+    opened = open_channel() if open_channel is not None else grpc.aio.insecure_channel(target)
+    async with opened as channel:
         stub = query_pb2_grpc.QueryServiceStub(channel)
         await channel.channel_ready()
+        watcher = asyncio.create_task(watch(result)) if watch is not None else None
 
         async def one(i: int, scheduled_ns: int) -> None:
             # Lateness is taken here, where the send really starts: after the
@@ -268,6 +281,10 @@ async def _open_loop(
             if mark is not None:
                 mark("measure_end")
         await asyncio.gather(*warm)
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
     return result
 
 

@@ -4,7 +4,9 @@
     offpath event EVENT_ID [--wait 5]   one stored event
     offpath events [--since 1h]         recent events
     offpath summary [--since 24h]       totals over a time range
-    offpath dlq list | redrive          the dead-letter queue (AWS, not gRPC)
+    offpath load --rate R --duration D  open-loop load on QueryService [--ids FILE]
+    offpath reconcile FILE              which of those event ids were stored
+    offpath dlq list | show | redrive   the dead-letter queue (AWS, not gRPC)
 
 Every command takes ``--output table|json`` and the targets and deadline,
 before or after its name; see :mod:`offpath.client.cli.app` for the grammar
@@ -17,7 +19,7 @@ from collections.abc import Sequence
 
 import click
 
-from offpath.client.cli import dlq, rpc
+from offpath.client.cli import dlq, loadgen, rpc
 from offpath.client.cli.app import EXIT_CODES_HELP, Root, global_options, run_main
 
 
@@ -35,6 +37,7 @@ def offpath() -> None:
 
 
 rpc.register(offpath)
+loadgen.register(offpath)
 dlq.register(offpath)
 
 

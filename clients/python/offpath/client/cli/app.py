@@ -61,7 +61,8 @@ Exit codes:
   0  done
   1  any other error (the server or AWS answered with one)
   2  invalid input: usage, a setting, or INVALID_ARGUMENT / OUT_OF_RANGE
-  3  not found: NOT_FOUND, or a queue that does not exist
+  3  not found: NOT_FOUND, a queue or DLQ message that does not exist, or
+     event ids `offpath reconcile` found missing
   4  unavailable: UNAVAILABLE or DEADLINE_EXCEEDED (after gRPC's retries)
 
 \b
