@@ -43,3 +43,38 @@ def test_emitter_and_consumer_counters_follow_the_traffic(
     assert query["offpath_emitter_sqs_requests_total"] >= 1
     assert ingest[written] - before_ingest.get(written, 0) >= 4
     assert ingest["offpath_ingest_messages_deleted_total"] >= 1
+
+
+def _text(stack: DevStack, name: str) -> list[tuple[str, dict[str, str], float]]:
+    port = stack.children[name].metrics_port
+    assert port is not None, f"{name} logged no metrics_started"
+    with urllib.request.urlopen(f"http://{stack.host}:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return [
+        (sample.name, dict(sample.labels), sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    ]
+
+
+def test_query_rpcs_and_the_process_are_measured(stack: DevStack, client: OffpathClient) -> None:
+    """QueryService exposes Query's handled count by status code, its latency histogram,
+    and the process's CPU and memory."""
+
+    def handled(samples: list[tuple[str, dict[str, str], float]]) -> float:
+        return sum(
+            value
+            for name, labels, value in samples
+            if name == "grpc_server_handled_total"
+            and labels.get("grpc_method") == "Query"
+            and labels.get("grpc_code") == "OK"
+        )
+
+    before = handled(_text(stack, "query"))
+    for i in range(3):
+        client.query(f"terraform {i}")
+    samples = _text(stack, "query")
+    assert handled(samples) - before == 3
+    names = {name for name, _, _ in samples}
+    assert "grpc_server_handling_seconds_bucket" in names
+    assert {"process_cpu_seconds_total", "process_resident_memory_bytes"} <= names

@@ -9,6 +9,8 @@ over the bare server:
 - ``bare`` (the default): nothing;
 - ``interceptor``: a grpc.aio server interceptor that only passes the call
   on (what having any interceptor costs);
+- ``metrics``: the RPC metrics interceptor both services run
+  (:mod:`offpath.kit.rpcmetrics`);
 - ``record-errors``: :class:`~offpath.emitter.AnalyticsInterceptor` with a
   recorder that drops every event, the event id in trailing metadata on
   error replies only (the interceptor's own bookkeeping);
@@ -32,6 +34,7 @@ from offpath.emitter import AnalyticsInterceptor, EventRecord
 from offpath.emitter.analytics import Analytics
 from offpath.emitter.settings import EventIdTrailer
 from offpath.kit.logs import configure_logging
+from offpath.kit.rpcmetrics import RpcMetrics
 from offpath.kit.settings import env_choice, env_int, environ
 from offpath.kit.signals import stop_on_signals
 from offpath.v1 import analytics_pb2, query_pb2, query_pb2_grpc
@@ -39,7 +42,7 @@ from offpath.v1 import analytics_pb2, query_pb2, query_pb2_grpc
 log = structlog.get_logger("offpath.bench.echo")
 
 ENV_LAYER = "OFFPATH_BENCH_ECHO_LAYER"
-LAYERS = ("bare", "interceptor", "record-errors", "record", "emit")
+LAYERS = ("bare", "interceptor", "metrics", "record-errors", "record", "emit")
 
 _REPLY = query_pb2.QueryResponse(
     answer="echo",
@@ -85,6 +88,8 @@ async def serve(port: int, layer: str) -> None:
     interceptors: list[_Interceptor] = []
     if layer == "interceptor":
         interceptors.append(PassThrough())
+    elif layer == "metrics":
+        interceptors.append(RpcMetrics().interceptor)
     elif layer in ("record-errors", "record"):
         trailer: EventIdTrailer = "errors" if layer == "record-errors" else "always"
         interceptors.append(AnalyticsInterceptor(Discard(), event_id_trailer=trailer))

@@ -21,7 +21,7 @@ from typing import Any, Final
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import structlog
-from prometheus_client import make_wsgi_app
+from prometheus_client import GCCollector, ProcessCollector, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -146,10 +146,26 @@ class MetricsEndpoint:
     """
 
     def __init__(
-        self, host: str, port: int, collector: Collector, *, event: str = "metrics_started"
+        self,
+        host: str,
+        port: int,
+        collector: Collector,
+        *,
+        event: str = "metrics_started",
+        extra: Iterable[Collector] = (),
+        process: bool = True,
     ) -> None:
         registry = CollectorRegistry()
         registry.register(collector)
+        for other in extra:
+            registry.register(other)
+        if process:
+            # process_* (CPU, memory, open fds, start time) and python_gc_*:
+            # prometheus_client reads them from /proc at scrape time. A
+            # supervisor leaves them out: its workers' come federated, under
+            # the same names.
+            ProcessCollector(registry=registry)
+            GCCollector(registry=registry)
         try:
             server_class, address = _server_class(host, port)
             self._server = make_server(
@@ -192,9 +208,11 @@ def serve_metrics(
     read: Callable[[], Iterable[Sample]],
     *,
     event: str = "metrics_started",
+    extra: Iterable[Collector] = (),
 ) -> tuple[int, Callable[[], None]]:
     """Start the /metrics endpoint on its own thread; returns the bound port
-    and a function that stops it. The bound port is logged as ``event``."""
-    endpoint = MetricsEndpoint(host, port, CallbackCollector(read), event=event)
+    and a function that stops it. The bound port is logged as ``event``;
+    ``extra`` collectors are exposed beside ``read``'s samples."""
+    endpoint = MetricsEndpoint(host, port, CallbackCollector(read), event=event, extra=extra)
     endpoint.start()
     return endpoint.port, endpoint.stop

@@ -21,6 +21,7 @@ from offpath.emitter.base import EventEmitter, open_emitter
 from offpath.emitter.metrics import emitter_samples
 from offpath.kit import aws
 from offpath.kit.metrics import LOOPBACK, serve_metrics
+from offpath.kit.rpcmetrics import RpcMetrics
 from offpath.kit.server import StartupError, run_service, serve
 from offpath.kit.settings import environ
 from offpath.kit.workers import WorkerLink, die_with_parent
@@ -79,7 +80,10 @@ async def run(
     # Analytics live in the interceptor, never in the servicer: background
     # hands each call's event to the emitter (O(1)), blocking awaits SQS
     # before the reply, off installs nothing (no analytics work at all).
-    interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = []
+    # RPC counts and latency first, so the time they measure includes the
+    # analytics interceptor's.
+    rpc_metrics = RpcMetrics()
+    interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [rpc_metrics.interceptor]
     trailer = settings.emitter.event_id_trailer
     if emitter is not None:
         interceptors.append(AnalyticsInterceptor(emitter, event_id_trailer=trailer))
@@ -94,6 +98,7 @@ async def run(
         server.metrics_port,
         lambda: emitter_samples(emitter) if emitter is not None else [],
         event="metrics_started" if worker is None else "worker_metrics_started",
+        extra=[rpc_metrics],
     )
 
     def add(grpc_server: grpc.aio.Server) -> None:

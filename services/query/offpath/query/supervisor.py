@@ -325,7 +325,9 @@ class Supervisor:
             # Bound (and logged) before any worker exists, so the service's
             # first metrics_started line is the pod's endpoint; its thread
             # starts once the workers are spawned.
-            endpoint = MetricsEndpoint(server.host, server.metrics_port, self._metrics)
+            endpoint = MetricsEndpoint(
+                server.host, server.metrics_port, self._metrics, process=False
+            )
             try:
                 code = await self._supervise(port, stop, endpoint)
             finally:

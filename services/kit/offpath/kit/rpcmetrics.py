@@ -1,0 +1,274 @@
+"""RPC metrics for a grpc.aio server: how many calls each method started and
+handled (by status code) and how long they took, exposed with the names and
+labels of go-grpc-prometheus (``grpc_server_started_total``,
+``grpc_server_handled_total``, ``grpc_server_handling_seconds``), so
+existing gRPC dashboards and alerts read them unchanged.
+
+The request path pays for two clock reads, a bisect and two integer
+increments (≈ 0.5 µs, see the README's Performance section): counts are
+plain Python integers, written only by the event loop's thread, and the
+Prometheus families are built from them at scrape time, on the metrics
+endpoint's thread. prometheus_client's own ``Histogram.labels().observe()``
+takes a lock and a label look-up on every call (several µs), which is why it
+is not used on the path. A scrape that reads a histogram while a call is
+being counted can be one call behind in its sum; its buckets and count are
+consistent, as the count is the buckets' total.
+
+What is recorded: every RPC whose handler is a coroutine function or an
+async generator (as grpc.aio runs them), once, when it ends, with the
+status the client saw: OK, the code given to ``set_code`` or ``abort``,
+UNKNOWN for an exception (unless a non-OK code was set before it),
+CANCELLED or DEADLINE_EXCEEDED when the call was cut short. Sync handlers
+(run in grpc's thread pool) and unknown methods are not recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from bisect import bisect_left
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Final
+
+import grpc
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+# Seconds. Sub-millisecond resolution where a fast gRPC service lives, then
+# go-grpc-prometheus's range up to 10 s.
+BUCKETS: Final = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+_BOUNDS_NS: Final = tuple(int(b * 1e9) for b in BUCKETS)
+# Method names a generic handler may accept from any client: past this many
+# distinct ones, further names are counted under one series.
+_MAX_METHODS: Final = 256
+_OTHER: Final = "/unknown/other"
+_DEADLINE_SLACK_S: Final = 0.05
+
+if TYPE_CHECKING:
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+    _Context = grpc.aio.ServicerContext[Any, Any]
+else:
+    # Not subscriptable at run time (grpc-stubs make it generic).
+    _ServerInterceptor = grpc.aio.ServerInterceptor
+    _Context = grpc.aio.ServicerContext
+
+Behaviour = Callable[..., Any]
+Continuation = Callable[
+    [grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Any, Any] | None"]
+]
+
+_TYPES: Final = {
+    (False, False): "unary",
+    (True, False): "client_stream",
+    (False, True): "server_stream",
+    (True, True): "bidi_stream",
+}
+
+
+class _Series:
+    """One method's counts."""
+
+    __slots__ = ("buckets", "grpc_type", "handled", "method", "service", "started", "sum_ns")
+
+    def __init__(self, full_method: str, grpc_type: str) -> None:
+        service, _, method = full_method.lstrip("/").partition("/")
+        self.service = service
+        self.method = method
+        self.grpc_type = grpc_type
+        self.started = 0
+        self.handled: dict[str, int] = {}
+        # One count per bucket of _BOUNDS_NS, then one for +Inf.
+        self.buckets = [0] * (len(_BOUNDS_NS) + 1)
+        self.sum_ns = 0
+
+    def done(self, code: grpc.StatusCode, elapsed_ns: int) -> None:
+        name = code.name
+        handled = self.handled
+        handled[name] = handled.get(name, 0) + 1
+        self.buckets[bisect_left(_BOUNDS_NS, elapsed_ns)] += 1
+        self.sum_ns += elapsed_ns
+
+
+class RpcMetrics(Collector):
+    """The counts, the interceptor that keeps them (:attr:`interceptor`), and
+    the Prometheus collector that exposes them (register it, or pass it to
+    :func:`~offpath.kit.metrics.serve_metrics`)."""
+
+    def __init__(self) -> None:
+        self._series: dict[str, _Series] = {}
+        self.interceptor = RpcMetricsInterceptor(self)
+
+    def series(self, full_method: str, grpc_type: str) -> _Series:
+        found = self._series.get(full_method)
+        if found is None:
+            if len(self._series) >= _MAX_METHODS:
+                full_method = _OTHER
+                found = self._series.get(full_method)
+            if found is None:
+                found = self._series[full_method] = _Series(full_method, grpc_type)
+        return found
+
+    def collect(self) -> Iterable[Metric]:
+        labels = ["grpc_type", "grpc_service", "grpc_method"]
+        started = CounterMetricFamily(
+            "grpc_server_started", "RPCs started on the server.", labels=labels
+        )
+        handled = CounterMetricFamily(
+            "grpc_server_handled",
+            "RPCs completed on the server, by the status code the client saw.",
+            labels=[*labels, "grpc_code"],
+        )
+        seconds = HistogramMetricFamily(
+            "grpc_server_handling_seconds",
+            "Time from the handler's start to its end, in seconds.",
+            labels=labels,
+        )
+        for series in list(self._series.values()):
+            values = [series.grpc_type, series.service, series.method]
+            started.add_metric(values, series.started)
+            for code, count in list(series.handled.items()):
+                handled.add_metric([*values, code], count)
+            counts = list(series.buckets)
+            cumulative, running = [], 0
+            for bound, count in zip((*(str(b) for b in BUCKETS), "+Inf"), counts, strict=True):
+                running += count
+                cumulative.append((bound, running))
+            seconds.add_metric(values, cumulative, series.sum_ns / 1e9)
+        return [started, handled, seconds]
+
+
+class RpcMetricsInterceptor(_ServerInterceptor):
+    """Counts every RPC into its :class:`RpcMetrics`; put it first among a
+    server's interceptors, so the time it measures includes theirs."""
+
+    def __init__(self, metrics: RpcMetrics) -> None:
+        self._metrics = metrics
+        self._cache: dict[
+            str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
+        ] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Continuation,
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler  # type: ignore[return-value]  # unknown method
+        method = handler_call_details.method
+        cached = self._cache.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(method, handler)
+        if len(self._cache) < _MAX_METHODS or method in self._cache:
+            self._cache[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        streaming = (handler.request_streaming, handler.response_streaming)
+        series = self._metrics.series(method, _TYPES[streaming])
+        behaviour: Behaviour | None = {
+            (False, False): handler.unary_unary,
+            (False, True): handler.unary_stream,
+            (True, False): handler.stream_unary,
+            (True, True): handler.stream_stream,
+        }[streaming]
+        wrapped: Behaviour
+        if inspect.iscoroutinefunction(behaviour):
+            wrapped = _count_coroutine(series, behaviour)
+        elif handler.response_streaming and inspect.isasyncgenfunction(behaviour):
+            wrapped = _count_generator(series, behaviour)
+        else:
+            return handler
+        return _FACTORIES[streaming](
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+_FACTORIES: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[Any, Any]]] = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+_OK: Final = grpc.StatusCode.OK
+
+
+def _count_coroutine(series: _Series, behaviour: Behaviour) -> Behaviour:
+    async def counted(request: Any, context: _Context) -> Any:
+        series.started += 1
+        t0 = time.perf_counter_ns()
+        try:
+            response = await behaviour(request, context)
+        except asyncio.CancelledError:
+            series.done(_cancelled_code(context), time.perf_counter_ns() - t0)
+            raise
+        except Exception:
+            series.done(_failed_code(context), time.perf_counter_ns() - t0)
+            raise
+        series.done(_returned_code(context), time.perf_counter_ns() - t0)
+        return response
+
+    return counted
+
+
+def _count_generator(series: _Series, behaviour: Behaviour) -> Behaviour:
+    async def counted(request: Any, context: _Context) -> AsyncGenerator[Any, None]:
+        series.started += 1
+        t0 = time.perf_counter_ns()
+        try:
+            async for response in behaviour(request, context):
+                yield response
+        except asyncio.CancelledError:
+            series.done(_cancelled_code(context), time.perf_counter_ns() - t0)
+            raise
+        except Exception:
+            series.done(_failed_code(context), time.perf_counter_ns() - t0)
+            raise
+        series.done(_returned_code(context), time.perf_counter_ns() - t0)
+
+    return counted
+
+
+def _returned_code(context: _Context) -> grpc.StatusCode:
+    code: object = context.code()  # None unless the handler set one
+    return code if isinstance(code, grpc.StatusCode) else _OK
+
+
+def _failed_code(context: _Context) -> grpc.StatusCode:
+    # An abort raised after setting its code; any other exception is
+    # UNKNOWN unless the handler set a non-OK code first (grpc.aio's rule).
+    code: object = context.code()
+    if isinstance(code, grpc.StatusCode) and code is not _OK:
+        return code
+    return grpc.StatusCode.UNKNOWN
+
+
+def _cancelled_code(context: _Context) -> grpc.StatusCode:
+    remaining: float | None = context.time_remaining()
+    if remaining is not None and remaining < _DEADLINE_SLACK_S:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED

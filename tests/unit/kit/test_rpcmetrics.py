@@ -1,0 +1,163 @@
+"""Unit tests for offpath.kit.rpcmetrics: a grpc.aio server on 127.0.0.1:<free port>
+with the metrics interceptor, whose counts are read back as Prometheus text."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import CollectorRegistry
+
+from offpath.kit.rpcmetrics import BUCKETS, RpcMetrics
+
+SERVICE = "offpath.test.Probe"
+Context = grpc.aio.ServicerContext[bytes, bytes]
+
+
+async def ok(request: bytes, context: Context) -> bytes:
+    return request
+
+
+async def abort(request: bytes, context: Context) -> bytes:
+    await context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
+
+
+async def fail(request: bytes, context: Context) -> bytes:
+    raise RuntimeError("boom")
+
+
+async def set_and_return(request: bytes, context: Context) -> bytes:
+    context.set_code(grpc.StatusCode.FAILED_PRECONDITION)
+    return b""
+
+
+async def count(request: bytes, context: Context) -> AsyncIterator[bytes]:
+    for i in range(int(request)):
+        yield str(i).encode()
+
+
+Call = Callable[[str, bytes], Awaitable[grpc.StatusCode]]
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[RpcMetrics, Call, grpc.aio.Channel]]:
+    """A server counting into a fresh RpcMetrics, and a unary caller returning the status."""
+    metrics = RpcMetrics()
+    server = grpc.aio.server(interceptors=[metrics.interceptor])
+    unary = grpc.unary_unary_rpc_method_handler
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                SERVICE,
+                {
+                    "Ok": unary(ok),
+                    "Abort": unary(abort),
+                    "Fail": unary(fail),
+                    "SetAndReturn": unary(set_and_return),
+                    "Count": grpc.unary_stream_rpc_method_handler(count),
+                },
+            )
+        ]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+
+    async def call(name: str, request: bytes) -> grpc.StatusCode:
+        try:
+            await channel.unary_unary(f"/{SERVICE}/{name}", None, None)(request, timeout=5)
+        except grpc.aio.AioRpcError as error:
+            return error.code()
+        return grpc.StatusCode.OK
+
+    yield metrics, call, channel
+    await channel.close(None)
+    await server.stop(None)
+
+
+def _samples(metrics: RpcMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the exposition, keyed by name and sorted labels."""
+    registry = CollectorRegistry()
+    registry.register(metrics)
+    text = generate_latest(registry).decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def _labels(method: str, grpc_type: str = "unary", **extra: str) -> tuple[tuple[str, str], ...]:
+    return tuple(
+        sorted(
+            {
+                "grpc_type": grpc_type,
+                "grpc_service": SERVICE,
+                "grpc_method": method,
+                **extra,
+            }.items()
+        )
+    )
+
+
+class TestCounts:
+    async def test_each_call_is_counted_with_the_status_the_client_saw(
+        self, served: tuple[RpcMetrics, Call, grpc.aio.Channel]
+    ) -> None:
+        """OK, an abort's code, UNKNOWN for an exception and a code set and returned
+        are each counted once under the code the client got."""
+        metrics, call, _ = served
+        seen = {name: await call(name, b"x") for name in ("Ok", "Abort", "Fail", "SetAndReturn")}
+        assert await call("Ok", b"y") == grpc.StatusCode.OK
+        samples = _samples(metrics)
+        for name, code in seen.items():
+            expected = 2.0 if name == "Ok" else 1.0
+            key = ("grpc_server_handled_total", _labels(name, grpc_code=code.name))
+            assert samples[key] == expected, (name, code)
+        assert seen["Abort"] == grpc.StatusCode.NOT_FOUND
+        assert seen["Fail"] == grpc.StatusCode.UNKNOWN
+        assert seen["SetAndReturn"] == grpc.StatusCode.FAILED_PRECONDITION
+        assert samples[("grpc_server_started_total", _labels("Ok"))] == 2.0
+
+    async def test_latency_histogram_is_cumulative_and_counts_every_call(
+        self, served: tuple[RpcMetrics, Call, grpc.aio.Channel]
+    ) -> None:
+        """The histogram's +Inf bucket and count equal the calls made, buckets never
+        decrease, and the sum is a positive number of seconds under the test's length."""
+        metrics, call, _ = served
+        for _ in range(5):
+            await call("Ok", b"x")
+        samples = _samples(metrics)
+        labels = _labels("Ok")
+        buckets = [
+            samples[("grpc_server_handling_seconds_bucket", tuple(sorted((*labels, ("le", le)))))]
+            for le in (*(str(b) for b in BUCKETS), "+Inf")
+        ]
+        assert buckets == sorted(buckets)
+        assert buckets[-1] == 5.0
+        assert samples[("grpc_server_handling_seconds_count", labels)] == 5.0
+        assert 0 < samples[("grpc_server_handling_seconds_sum", labels)] < 5
+
+    async def test_a_response_stream_is_counted_once_at_its_end(
+        self, served: tuple[RpcMetrics, Call, grpc.aio.Channel]
+    ) -> None:
+        """A server-streaming call is one started and one handled RPC, typed server_stream."""
+        metrics, _, channel = served
+        stream = channel.unary_stream(f"/{SERVICE}/Count", None, None)(b"3", timeout=5)
+        assert [m async for m in stream] == [b"0", b"1", b"2"]
+        samples = _samples(metrics)
+        started = ("grpc_server_started_total", _labels("Count", "server_stream"))
+        handled = ("grpc_server_handled_total", _labels("Count", "server_stream", grpc_code="OK"))
+        assert samples[started] == 1.0
+        assert samples[handled] == 1.0
+
+    async def test_unknown_methods_are_not_counted(
+        self, served: tuple[RpcMetrics, Call, grpc.aio.Channel]
+    ) -> None:
+        """A method the server does not implement answers UNIMPLEMENTED and adds no series."""
+        metrics, call, _ = served
+        assert await call("Missing", b"") == grpc.StatusCode.UNIMPLEMENTED
+        assert not [k for k in _samples(metrics) if ("grpc_method", "Missing") in k[1]]
