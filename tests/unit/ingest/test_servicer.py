@@ -17,6 +17,7 @@ import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 
+from offpath.ingest import rollups
 from offpath.ingest.servicer import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
@@ -26,7 +27,7 @@ from offpath.ingest.servicer import (
     encode_token,
     resolve_range,
 )
-from offpath.ingest.store import MAX_RANGE_DAYS, EventStore, create_table_request
+from offpath.ingest.store import MAX_RANGE_DAYS, EventStore, create_table_request, rollup_table_for
 from offpath.testing.calls import client_error
 from offpath.testing.dynamodb import FakeDynamoDb
 from offpath.v1 import analytics_pb2, ingest_pb2, ingest_pb2_grpc
@@ -57,6 +58,7 @@ async def api() -> AsyncIterator[Api]:
     """A server on 127.0.0.1:<free port>; channel and server are closed afterwards."""
     ddb = FakeDynamoDb(page_items=3)  # small DynamoDB pages: the store must follow them
     ddb.create_table(**create_table_request(TABLE))
+    ddb.create_table(**rollups.create_table_request(rollup_table_for(TABLE)))
     store = EventStore(ddb, TABLE, shards=4, sleep=lambda _: None)
     server = grpc.aio.server()
     ingest_pb2_grpc.add_AnalyticsIngestServicer_to_server(IngestServicer(store), server)

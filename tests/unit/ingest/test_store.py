@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from offpath.ingest import rollups
 from offpath.ingest.store import (
+    CLAIM_ATTRIBUTE,
     TABLE_KEY,
     TIME_INDEX,
     TIME_PARTITION,
@@ -24,6 +26,7 @@ from offpath.ingest.store import (
     WriteError,
     create_table_request,
     iso_ns,
+    rollup_table_for,
 )
 from offpath.testing.calls import client_error
 from offpath.testing.dynamodb import FakeDynamoDb
@@ -56,6 +59,7 @@ def _event(event_id: str, occurred_ns: int, **fields: Any) -> analytics_pb2.Anal
 def _ddb(*, page_items: int = 1_000) -> FakeDynamoDb:
     ddb = FakeDynamoDb(page_items=page_items)
     ddb.create_table(**create_table_request(TABLE))
+    ddb.create_table(**rollups.create_table_request(rollup_table_for(TABLE)))
     return ddb
 
 
@@ -74,14 +78,6 @@ def _write(
     ingested_ns: int = INGESTED_NS,
 ) -> int:
     return store.write([(batch_id, events)], ingested_ns=ingested_ns)
-
-
-def _written_ids(ddb: FakeDynamoDb) -> list[list[str]]:
-    """The event ids each BatchWriteItem call carried, in call order."""
-    return [
-        [r["PutRequest"]["Item"][TABLE_KEY]["S"] for r in call["RequestItems"][TABLE]]
-        for call in ddb.journal.of("batch_write_item")
-    ]
 
 
 def _item(ddb: FakeDynamoDb, event_id: str) -> dict[str, Any]:
@@ -123,109 +119,141 @@ class TestSchema:
 
 
 class TestWrite:
-    def test_retries_unprocessed_items_until_done(self) -> None:
-        """Unprocessed items are resent (only they) after a full-jitter backoff of up to
-        50 ms, then 100 ms, until none are left."""
+    def test_each_event_is_a_conditional_put_claimed_by_its_message(self) -> None:
+        """Every event is one PutItem that only a new event or the same message may
+        write, carrying the message's id as claimed_by and batch_id."""
         rng = random.Random(1)
         ddb = _ddb()
-        ddb.leave_unprocessed(2, 1)
-        store, sleeps = _store(ddb)
-        events = [_event(_uuid(rng), DAY1 + i) for i in range(5)]
-        assert _write(store, events) == 5
-        calls = _written_ids(ddb)
-        assert [len(call) for call in calls] == [5, 2, 1]
-        assert calls[1] == calls[0][3:]
-        assert calls[2] == calls[1][1:]
-        assert {item[TABLE_KEY]["S"] for item in ddb.items(TABLE)} == {e.event_id for e in events}
-        assert sleeps == pytest.approx([0.05, 0.1])
-
-    def test_backoff_is_random_below_the_ceiling(self) -> None:
-        """The wait is the random draw times the ceiling, not the ceiling itself."""
-        ddb = _ddb()
-        ddb.leave_unprocessed(1, 1)
-        sleeps: list[float] = []
-        store = EventStore(ddb, TABLE, sleep=sleeps.append, rng=lambda: 0.5)
-        assert _write(store, [_event(_uuid(random.Random(12)), DAY1)]) == 1
-        assert sleeps == pytest.approx([0.025, 0.05])
-
-    def test_raises_when_unprocessed_never_clear(self) -> None:
-        """Items DynamoDB keeps refusing end in WriteError after 8 attempts, the waits
-        doubling from 50 ms and capped at 2 s."""
-        ddb = _ddb()
-        ddb.leave_unprocessed(*[None] * 100)
-        store, sleeps = _store(ddb)
-        with pytest.raises(WriteError, match="unprocessed"):
-            _write(store, [_event(_uuid(random.Random(2)), DAY1)])
-        assert len(ddb.journal.of("batch_write_item")) == 8
-        assert sleeps == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 2.0])
-        assert ddb.items(TABLE) == []
-
-    def test_no_wait_after_the_last_attempt(self) -> None:
-        """Giving up does not first wait out a backoff no attempt will follow."""
-        ddb = _ddb()
-        ddb.leave_unprocessed(*[None] * 100)
-        store, sleeps = _store(ddb)
-        with pytest.raises(WriteError):
-            _write(store, [_event(_uuid(random.Random(2)), DAY1)])
-        assert len(sleeps) == len(ddb.journal.of("batch_write_item")) - 1
-
-    @pytest.mark.parametrize(
-        "cause",
-        [
-            RuntimeError("connection reset"),
-            client_error("ProvisionedThroughputExceededException", "slow down", "BatchWriteItem"),
-        ],
-        ids=["connection", "client-error"],
-    )
-    def test_client_errors_become_write_errors(self, cause: Exception) -> None:
-        """Any failure of the call itself is raised as WriteError, with the cause kept."""
-        ddb = _ddb()
-        ddb.journal.inject("batch_write_item", cause)
         store, _ = _store(ddb)
-        with pytest.raises(WriteError) as info:
-            _write(store, [_event(_uuid(random.Random(3)), DAY1)])
-        assert info.value.__cause__ is cause
+        events = [_event(_uuid(rng), DAY1 + i) for i in range(5)]
+        assert _write(store, events, batch_id="b-7") == 5
+        puts = ddb.journal.of("put_item")
+        assert sorted(p["Item"][TABLE_KEY]["S"] for p in puts) == sorted(e.event_id for e in events)
+        for put in puts:
+            assert put["ConditionExpression"] == "attribute_not_exists(#k) OR #c = :m"
+            assert put["ExpressionAttributeValues"] == {":m": {"S": "b-7"}}
+            assert put["Item"][CLAIM_ATTRIBUTE] == {"S": "b-7"}
+            assert put["Item"]["batch_id"] == {"S": "b-7"}
 
-    def test_chunks_of_at_most_25(self) -> None:
-        """60 events go out as 25 + 25 + 10, each exactly once, in the order given."""
+    def test_one_rollup_transaction_per_message_with_its_marker(self) -> None:
+        """Each message's rollups go out as one TransactWriteItems whose first item
+        is the message's marker, conditioned on not existing."""
+        rng = random.Random(2)
+        ddb = _ddb()
+        store, _ = _store(ddb)
+        first = [_event(_uuid(rng), DAY1 + i, query="q") for i in range(3)]
+        second = [_event(_uuid(rng), DAY1 + 10 + i) for i in range(2)]
+        assert store.write([("b-1", first), ("b-2", second)], ingested_ns=INGESTED_NS) == 5
+        calls = ddb.journal.of("transact_write_items")
+        assert len(calls) == 2
+        for call, message in zip(calls, ("b-1", "b-2"), strict=True):
+            marker = call["TransactItems"][0]["Update"]
+            assert marker["Key"][rollups.ROLLUP_PARTITION] == {"S": f"m#{message}"}
+            assert marker["ConditionExpression"] == "attribute_not_exists(#p)"
+        assert store.summary(DAY1, DAY2).event_count == 5
+
+    def test_redelivered_message_adds_nothing(self) -> None:
+        """Writing the same message again rewrites its events but its rollup
+        transaction is cancelled by its marker: every rollup item is unchanged."""
+        rng = random.Random(3)
+        ddb = _ddb()
+        store, _ = _store(ddb)
+        events = [_event(_uuid(rng), DAY1 + i, status_code=5, query="Hi") for i in range(4)]
+        _write(store, events)
+        before = ddb.items(rollup_table_for(TABLE))
+        _write(store, events)
+        assert ddb.items(rollup_table_for(TABLE)) == before
+        assert store.stats.replays == 1
+        assert store.summary(DAY1, DAY2).errors_by_code == [(5, 4)]
+
+    def test_resent_events_in_a_new_batch_add_nothing(self) -> None:
+        """Events already claimed by another message are left out of a new
+        message's rollups; only the new events count."""
         rng = random.Random(4)
         ddb = _ddb()
         store, _ = _store(ddb)
-        events = [_event(_uuid(rng), DAY1 + i) for i in range(60)]
-        assert _write(store, events) == 60
-        calls = _written_ids(ddb)
-        assert [len(call) for call in calls] == [25, 25, 10]
-        assert [event_id for call in calls for event_id in call] == [e.event_id for e in events]
-        assert len(ddb.items(TABLE)) == 60
+        events = [_event(_uuid(rng), DAY1 + i) for i in range(6)]
+        _write(store, events[:4], batch_id="b-1")
+        _write(store, events[2:], batch_id="b-2")
+        assert store.stats.duplicates == 2
+        assert store.summary(DAY1, DAY2).event_count == 6
 
-    def test_duplicate_event_ids_collapse_to_the_last(self) -> None:
-        """Duplicate keys (BatchWriteItem would reject them) are sent once, the last wins,
-        even across batches."""
+    def test_duplicate_event_ids_count_once(self) -> None:
+        """An event id twice in one call is stored and counted once."""
         rng = random.Random(5)
         ddb = _ddb()
         store, _ = _store(ddb)
         same, other = _uuid(rng), _uuid(rng)
         batches = [
             ("b-1", [_event(same, DAY1, query="first"), _event(other, DAY1)]),
-            ("b-2", [_event(same, DAY1, query="last")]),
+            ("b-2", [_event(same, DAY1, query="first")]),
         ]
         assert store.write(batches, ingested_ns=INGESTED_NS) == 2
-        assert [len(call) for call in _written_ids(ddb)] == [2]
-        assert _item(ddb, same)["query"] == {"S": "last"}
-        assert _item(ddb, same)["batch_id"] == {"S": "b-2"}
+        assert len(ddb.items(TABLE)) == 2
+        assert store.summary(DAY1, DAY2).event_count == 2
 
-    def test_each_event_keeps_its_own_batch_id(self) -> None:
-        """Events of several batches are written together, each with its batch's id."""
-        rng = random.Random(6)
+    @pytest.mark.parametrize(
+        ("operation", "cause"),
+        [
+            ("put_item", RuntimeError("connection reset")),
+            ("put_item", client_error("ProvisionedThroughputExceededException", "slow", "PutItem")),
+            ("transact_write_items", RuntimeError("connection reset")),
+            (
+                "transact_write_items",
+                client_error("ValidationException", "bad", "TransactWriteItems"),
+            ),
+        ],
+        ids=["put-connection", "put-throttled", "rollup-connection", "rollup-invalid"],
+    )
+    def test_failures_become_write_errors(self, operation: str, cause: Exception) -> None:
+        """Any failure of a put or of the rollup transaction is raised as WriteError,
+        with the cause kept."""
+        ddb = _ddb()
+        ddb.journal.inject(operation, cause)
+        store, _ = _store(ddb)
+        with pytest.raises(WriteError) as info:
+            _write(store, [_event(_uuid(random.Random(6)), DAY1)])
+        assert info.value.__cause__ is cause
+
+    def test_transaction_conflicts_are_retried_with_backoff(self) -> None:
+        """A transaction cancelled by a conflicting one is retried after a
+        full-jitter backoff, and the rollups count once."""
+        ddb = _ddb()
+        conflict = client_error("TransactionCanceledException", "conflict", "TransactWriteItems")
+        conflict.response["CancellationReasons"] = [
+            {"Code": "None"},
+            {"Code": "TransactionConflict"},
+        ]
+        ddb.journal.inject("transact_write_items", conflict)
+        store, sleeps = _store(ddb)
+        _write(store, [_event(_uuid(random.Random(7)), DAY1)])
+        assert sleeps == pytest.approx([0.05])
+        assert store.summary(DAY1, DAY2).event_count == 1
+
+    def test_write_units_per_event_at_fifty_events_a_message(self) -> None:
+        """At 50 realistic events a message, events plus rollups cost at most 1.5
+        write units per event (DynamoDB's size rules, as the fake bills them)."""
+        rng = random.Random(8)
         ddb = _ddb()
         store, _ = _store(ddb)
-        first = [_event(_uuid(rng), DAY1 + i) for i in range(3)]
-        second = [_event(_uuid(rng), DAY1 + 10 + i) for i in range(2)]
-        assert store.write([("b-1", first), ("b-2", second)], ingested_ns=INGESTED_NS) == 5
-        assert len(ddb.journal.of("batch_write_item")) == 1
-        for batch_id, events in (("b-1", first), ("b-2", second)):
-            for event in events:
-                assert _item(ddb, event.event_id)["batch_id"] == {"S": batch_id}
+        queries = ["what kubernetes experience do you have?", "python and go?", "aws lambda"]
+        events = []
+        for i in range(1000):
+            event = _event(
+                _uuid(rng),
+                DAY1 + i,
+                query=f"{queries[i % 3]} {i % 40}",
+                model="template-v1",
+                token_count=42,
+                status_code=0 if i % 20 else 14,
+            )
+            event.processing_time.FromNanoseconds(11_000_000 + i * 10_000)
+            for name in ("Kubernetes", "Python", "AWS"):
+                event.matched_skills.add(name=name, score=0.5)
+            events.append(event)
+        for start in range(0, 1000, 50):
+            _write(store, events[start : start + 50], batch_id=f"b-{start}")
+        assert store.stats.write_units / 1000 <= 1.5
 
     @pytest.mark.parametrize(
         "batches",
@@ -239,7 +267,8 @@ class TestWrite:
         ddb = _ddb()
         store, _ = _store(ddb)
         assert store.write(batches, ingested_ns=INGESTED_NS) == 0
-        assert ddb.journal.of("batch_write_item") == []
+        assert ddb.journal.of("put_item") == []
+        assert ddb.journal.of("transact_write_items") == []
 
 
 class TestItem:
@@ -361,7 +390,11 @@ class TestGet:
         assert stored.batch_id == "batch-1"
         assert stored.ingested_at_ns == DAY2 + 123
         assert store.get(_uuid(random.Random(11))) is None
-        assert all(call["ConsistentRead"] for call in ddb.journal.of("get_item"))
+        assert all(
+            call["ConsistentRead"]
+            for call in ddb.journal.of("get_item")
+            if call["TableName"] == TABLE
+        )
 
     def test_upper_case_ids_are_keyed_in_canonical_form(self) -> None:
         """An event whose producer wrote its UUID in upper case is stored under the

@@ -1,4 +1,4 @@
-"""Creates the SQS queue, its dead-letter queue and the DynamoDB table,
+"""Creates the SQS queue, its dead-letter queue and the DynamoDB tables,
 idempotently: running it again on existing resources changes nothing (or
 re-applies the same attributes).
 
@@ -22,8 +22,19 @@ from typing import TYPE_CHECKING, Any, Protocol, Unpack
 import structlog
 from botocore.exceptions import ClientError
 
-from offpath.ingest.settings import DEFAULT_TABLE_NAME, table_name_from_env
-from offpath.ingest.store import TABLE_KEY, TIME_INDEX, TTL_ATTRIBUTE, create_table_request
+from offpath.ingest import rollups
+from offpath.ingest.settings import (
+    DEFAULT_TABLE_NAME,
+    rollup_table_name_from_env,
+    table_name_from_env,
+)
+from offpath.ingest.store import (
+    TABLE_KEY,
+    TIME_INDEX,
+    TTL_ATTRIBUTE,
+    create_table_request,
+    rollup_table_for,
+)
 from offpath.kit.aws import dynamodb_client, sqs_client
 from offpath.kit.logs import configure_logging
 from offpath.kit.settings import SettingsError, environ
@@ -37,6 +48,7 @@ if TYPE_CHECKING:
         DescribeTableOutputTypeDef,
         DescribeTimeToLiveInputTypeDef,
         DescribeTimeToLiveOutputTypeDef,
+        TableDescriptionTypeDef,
         UpdateTimeToLiveInputTypeDef,
         UpdateTimeToLiveOutputTypeDef,
     )
@@ -101,14 +113,24 @@ log = structlog.get_logger("offpath.bootstrap")
 
 @dataclass(frozen=True, slots=True)
 class ResourceNames:
-    """Everything set-up creates: the queues and the table."""
+    """Everything set-up creates: the queues and the two tables (the rollup
+    table's name defaults to the events table's + ``-rollups``)."""
 
     queues: QueueNames = field(default_factory=QueueNames)
     table: str = DEFAULT_TABLE_NAME
+    rollup_table: str | None = None
+
+    @property
+    def rollups(self) -> str:
+        return self.rollup_table or rollup_table_for(self.table)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ResourceNames:
-        return cls(queues=QueueNames.from_env(env), table=table_name_from_env(env))
+        return cls(
+            queues=QueueNames.from_env(env),
+            table=table_name_from_env(env),
+            rollup_table=rollup_table_name_from_env(env),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +141,7 @@ class Resources:
     dlq_url: str
     dlq_arn: str
     table: str
+    rollup_table: str = ""
 
 
 def _create_queue(sqs: SetupSqsClient, name: str, attributes: dict[Any, str]) -> str:
@@ -159,10 +182,13 @@ def create_queues(sqs: SetupSqsClient, names: QueueNames) -> tuple[str, str, str
     return queue_url, dlq_url, dlq_arn
 
 
-def create_table(ddb: SetupDynamoDbClient, table: str, *, wait_seconds: float = 60.0) -> None:
-    """The events table with its time index and TTL, on-demand billing."""
+def _create_active(
+    ddb: SetupDynamoDbClient, request: CreateTableInputTypeDef, wait_seconds: float
+) -> TableDescriptionTypeDef:
+    """Create a table unless it exists; wait until it is ACTIVE."""
+    table = request["TableName"]
     try:
-        ddb.create_table(**create_table_request(table))
+        ddb.create_table(**request)
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") != "ResourceInUseException":
             raise
@@ -170,10 +196,38 @@ def create_table(ddb: SetupDynamoDbClient, table: str, *, wait_seconds: float = 
     while True:
         description = ddb.describe_table(TableName=table)["Table"]
         if description.get("TableStatus") == "ACTIVE":
-            break
+            return description
         if time.monotonic() > deadline:
             raise TimeoutError(f"table {table} not ACTIVE after {wait_seconds:.0f}s")
         time.sleep(0.5)
+
+
+def _enable_ttl(ddb: SetupDynamoDbClient, table: str, attribute: str) -> None:
+    ttl = ddb.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
+    if ttl.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
+        ddb.update_time_to_live(
+            TableName=table,
+            TimeToLiveSpecification={"Enabled": True, "AttributeName": attribute},
+        )
+
+
+def create_rollup_table(
+    ddb: SetupDynamoDbClient, table: str, *, wait_seconds: float = 60.0
+) -> None:
+    """The rollup table (pk, sk) with TTL, on-demand billing."""
+    description = _create_active(ddb, rollups.create_table_request(table), wait_seconds)
+    key = [k["AttributeName"] for k in description.get("KeySchema", [])]
+    if key != [rollups.ROLLUP_PARTITION, rollups.ROLLUP_SORT]:
+        raise SettingsError(
+            f"table {table} exists with key {key}; offpath's rollups need "
+            f"[{rollups.ROLLUP_PARTITION!r}, {rollups.ROLLUP_SORT!r}]"
+        )
+    _enable_ttl(ddb, table, rollups.ROLLUP_TTL)
+
+
+def create_table(ddb: SetupDynamoDbClient, table: str, *, wait_seconds: float = 60.0) -> None:
+    """The events table with its time index and TTL, on-demand billing."""
+    description = _create_active(ddb, create_table_request(table), wait_seconds)
     key = [k["AttributeName"] for k in description.get("KeySchema", [])]
     indexes = {i["IndexName"] for i in description.get("GlobalSecondaryIndexes", [])}
     if key != [TABLE_KEY] or TIME_INDEX not in indexes:
@@ -181,12 +235,7 @@ def create_table(ddb: SetupDynamoDbClient, table: str, *, wait_seconds: float = 
             f"table {table} exists with key {key} and indexes {sorted(indexes)}; "
             f"offpath needs key [{TABLE_KEY!r}] and index {TIME_INDEX!r}"
         )
-    ttl = ddb.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
-    if ttl.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
-        ddb.update_time_to_live(
-            TableName=table,
-            TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE},
-        )
+    _enable_ttl(ddb, table, TTL_ATTRIBUTE)
 
 
 def bootstrap(
@@ -200,12 +249,20 @@ def bootstrap(
     ddb = ddb or dynamodb_client()
     queue_url, dlq_url, dlq_arn = create_queues(sqs, names.queues)
     create_table(ddb, names.table)
-    resources = Resources(queue_url=queue_url, dlq_url=dlq_url, dlq_arn=dlq_arn, table=names.table)
+    create_rollup_table(ddb, names.rollups)
+    resources = Resources(
+        queue_url=queue_url,
+        dlq_url=dlq_url,
+        dlq_arn=dlq_arn,
+        table=names.table,
+        rollup_table=names.rollups,
+    )
     log.info(
         "bootstrap_complete",
         queue_url=queue_url,
         dlq_url=dlq_url,
         table=names.table,
+        rollup_table=names.rollups,
     )
     return resources
 

@@ -14,8 +14,10 @@ the runtime code declares (``EventTableClient``, ...), no cast needed.
 
 from __future__ import annotations
 
+import math
 import operator
 import re
+import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,8 +38,12 @@ if TYPE_CHECKING:
         DescribeTimeToLiveOutputTypeDef,
         GetItemInputTypeDef,
         GetItemOutputTypeDef,
+        PutItemInputTypeDef,
+        PutItemOutputTypeDef,
         QueryInputTypeDef,
         QueryOutputTypeDef,
+        TransactWriteItemsInputTypeDef,
+        TransactWriteItemsOutputTypeDef,
         UpdateTimeToLiveInputTypeDef,
         UpdateTimeToLiveOutputTypeDef,
     )
@@ -45,6 +51,18 @@ if TYPE_CHECKING:
 Item = dict[str, Any]  # attribute name -> AttributeValue ({"S": ...}, {"N": ...}, ...)
 
 _MAX_BATCH_WRITE = 25
+_MAX_TRANSACTION = 100
+_CONDITION_TERM = re.compile(
+    r"^\s*(?:(?P<fn>attribute_not_exists|attribute_exists)\(\s*(?P<fname>[#\w]+)\s*\)"
+    r"|(?P<name>[#\w]+)\s*(?P<op><>|<=|>=|=|<|>)\s*(?P<value>:\w+))\s*$",
+    re.IGNORECASE,
+)
+_SET_CLAUSE = re.compile(
+    r"^\s*(?P<name>[#\w]+)\s*=\s*(?:if_not_exists\(\s*(?P<same>[#\w]+)\s*,\s*"
+    r"(?P<default>:\w+)\s*\)|(?P<value>:\w+))\s*$",
+    re.IGNORECASE,
+)
+_ADD_CLAUSE = re.compile(r"^\s*(?P<name>[#\w]+)\s+(?P<value>:\w+)\s*$")
 _SORT_CONDITION = re.compile(
     r"^\s*(?P<name>[#\w]+)\s*(?:(?P<op><=|>=|=|<|>)\s*(?P<value>:\w+)"
     r"|BETWEEN\s+(?P<low>:\w+)\s+AND\s+(?P<high>:\w+))\s*$",
@@ -69,6 +87,43 @@ def _scalar(value: Mapping[str, Any]) -> Any:
     if kind in ("S", "B"):
         return raw
     raise ValueError(f"{kind} is not a key type")
+
+
+def item_size(item: Mapping[str, Any]) -> int:
+    """An item's size in bytes as DynamoDB bills it: each attribute's name
+    plus its value (strings and binaries by length, numbers about one byte
+    per two significant digits plus one, maps and lists 3 bytes plus their
+    elements plus one byte each)."""
+    return sum(len(name.encode()) + _value_size(value) for name, value in item.items())
+
+
+def _value_size(value: Mapping[str, Any]) -> int:
+    ((kind, raw),) = value.items()
+    if kind == "S":
+        return len(str(raw).encode())
+    if kind == "B":
+        return len(raw)
+    if kind == "N":
+        digits = str(raw).lstrip("-").replace(".", "").strip("0") or "0"
+        return math.ceil(len(digits) / 2) + 1
+    if kind in ("BOOL", "NULL"):
+        return 1
+    if kind == "M":
+        return 3 + sum(len(k.encode()) + _value_size(v) + 1 for k, v in raw.items())
+    if kind == "L":
+        return 3 + sum(_value_size(v) + 1 for v in raw)
+    if kind in ("SS", "BS"):
+        return sum(len(v.encode() if isinstance(v, str) else v) for v in raw)
+    if kind == "NS":
+        return sum(_value_size({"N": v}) for v in raw)
+    raise ValueError(f"unknown attribute type {kind}")
+
+
+def write_units(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> float:
+    """Write units of one standard write: the larger of the item's sizes
+    before and after, in 1 KB units rounded up (at least one)."""
+    size = max(item_size(before or {}), item_size(after or {}))
+    return float(max(1, math.ceil(size / 1024)))
 
 
 @dataclass
@@ -109,6 +164,9 @@ class FakeDynamoDb:
         self.tables: dict[str, FakeTable] = {}
         self.page_items = page_items
         self._unprocessed: deque[int | None] = deque()
+        # Conditional writes from several threads (the store's puts) check
+        # and write as one step, as DynamoDB does per item.
+        self._lock = threading.Lock()
 
     # -- the test's controls ---------------------------------------------------
 
@@ -245,6 +303,124 @@ class FakeDynamoDb:
             "BatchWriteItemOutputTypeDef",
             {"UnprocessedItems": unprocessed, "ResponseMetadata": response_metadata()},
         )
+
+    def put_item(self, **kwargs: Unpack[PutItemInputTypeDef]) -> PutItemOutputTypeDef:
+        """``PutItem`` with an optional ``ConditionExpression`` (terms
+        ``attribute_exists(x)``, ``attribute_not_exists(x)`` or ``x <op> :v``
+        joined by ``OR``); ``ConsumedCapacity`` in write units by item size
+        when asked, a refused write charged too, as DynamoDB does."""
+        scripted = self.journal.record("put_item", kwargs)
+        if scripted is not None:
+            return cast("PutItemOutputTypeDef", scripted)
+        table = self._table(kwargs["TableName"], "PutItem")
+        item = dict(kwargs["Item"])
+        key = table.key_of(item)
+        with self._lock:
+            before = table.items.get(key)
+            units = write_units(before, item)
+            condition = kwargs.get("ConditionExpression")
+            if condition is not None and not _holds(
+                condition,
+                before,
+                kwargs.get("ExpressionAttributeNames", {}),
+                cast(
+                    "Mapping[str, Mapping[str, Any]]", kwargs.get("ExpressionAttributeValues", {})
+                ),
+                "PutItem",
+            ):
+                error = client_error(
+                    "ConditionalCheckFailedException", "The conditional request failed", "PutItem"
+                )
+                if kwargs.get("ReturnConsumedCapacity", "NONE") != "NONE":
+                    error.response["ConsumedCapacity"] = {  # type: ignore[typeddict-unknown-key]
+                        "TableName": table.name,
+                        "CapacityUnits": units,
+                    }
+                raise error
+            table.items[key] = item
+        response: dict[str, Any] = {"ResponseMetadata": response_metadata()}
+        if kwargs.get("ReturnConsumedCapacity", "NONE") != "NONE":
+            response["ConsumedCapacity"] = {"TableName": table.name, "CapacityUnits": units}
+        return cast("PutItemOutputTypeDef", response)
+
+    def transact_write_items(
+        self, **kwargs: Unpack[TransactWriteItemsInputTypeDef]
+    ) -> TransactWriteItemsOutputTypeDef:
+        """``TransactWriteItems`` of ``Update`` and ``Put`` actions, all or
+        nothing: a failed condition cancels the whole transaction with
+        ``CancellationReasons`` in request order, as DynamoDB does. Updates
+        take ``SET x = :v`` / ``SET x = if_not_exists(x, :v)`` and ``ADD x
+        :n``. Each action costs twice a standard write (by item size)."""
+        scripted = self.journal.record("transact_write_items", kwargs)
+        if scripted is not None:
+            return cast("TransactWriteItemsOutputTypeDef", scripted)
+        actions = list(kwargs["TransactItems"])
+        if not 1 <= len(actions) <= _MAX_TRANSACTION:
+            raise client_error(
+                "ValidationException",
+                f"Member must have length less than or equal to {_MAX_TRANSACTION}",
+                "TransactWriteItems",
+            )
+        with self._lock:
+            planned: list[tuple[FakeTable, tuple[Any, ...], Item]] = []
+            reasons: list[dict[str, str]] = []
+            units: dict[str, float] = {}
+            for action in actions:
+                ((kind, raw),) = action.items()
+                request = cast("dict[str, Any]", raw)
+                table = self._table(request["TableName"], "TransactWriteItems")
+                key_item = request["Item"] if kind == "Put" else request["Key"]
+                key = table.key_of(key_item)
+                if any(t is table and k == key for t, k, _ in planned):
+                    raise client_error(
+                        "ValidationException",
+                        "Transaction request cannot include multiple operations on one item",
+                        "TransactWriteItems",
+                    )
+                before = table.items.get(key)
+                names = request.get("ExpressionAttributeNames", {})
+                values = request.get("ExpressionAttributeValues", {})
+                condition = request.get("ConditionExpression")
+                ok = condition is None or _holds(
+                    condition, before, names, values, "TransactWriteItems"
+                )
+                if kind == "Put":
+                    after = dict(request["Item"])
+                elif kind == "Update":
+                    after = _updated(
+                        before, dict(key_item), request["UpdateExpression"], names, values
+                    )
+                else:
+                    raise client_error(
+                        "ValidationException", f"{kind} is not supported here", "TransactWriteItems"
+                    )
+                reasons.append(
+                    {"Code": "None"}
+                    if ok
+                    else {
+                        "Code": "ConditionalCheckFailed",
+                        "Message": "The conditional request failed",
+                    }
+                )
+                planned.append((table, key, after))
+                units[table.name] = units.get(table.name, 0.0) + 2 * write_units(before, after)
+            if any(r["Code"] != "None" for r in reasons):
+                error = client_error(
+                    "TransactionCanceledException",
+                    "Transaction cancelled, please refer cancellation reasons for specific "
+                    f"reasons [{', '.join(r['Code'] for r in reasons)}]",
+                    "TransactWriteItems",
+                )
+                error.response["CancellationReasons"] = cast("Any", reasons)
+                raise error
+            for table, key, after in planned:
+                table.items[key] = after
+        response: dict[str, Any] = {"ResponseMetadata": response_metadata()}
+        if kwargs.get("ReturnConsumedCapacity", "NONE") != "NONE":
+            response["ConsumedCapacity"] = [
+                {"TableName": name, "CapacityUnits": value} for name, value in units.items()
+            ]
+        return cast("TransactWriteItemsOutputTypeDef", response)
 
     def get_item(self, **kwargs: Unpack[GetItemInputTypeDef]) -> GetItemOutputTypeDef:
         scripted = self.journal.record("get_item", kwargs)
@@ -409,3 +585,71 @@ class FakeDynamoDb:
             (names or {}).get(token.strip(), token.strip()) for token in projection.split(",")
         ]
         return {name: item[name] for name in wanted if name in item}
+
+
+def _holds(
+    condition: str,
+    item: Mapping[str, Any] | None,
+    names: Mapping[str, str],
+    values: Mapping[str, Mapping[str, Any]],
+    operation: str,
+) -> bool:
+    """Whether ``condition`` (terms joined by OR) holds for ``item`` (None:
+    no item, where every attribute is absent)."""
+    present = item or {}
+    for term in re.split(r"\s+OR\s+", condition.strip(), flags=re.IGNORECASE):
+        match = _CONDITION_TERM.match(term)
+        if match is None:
+            raise client_error(
+                "ValidationException", f"Invalid ConditionExpression: {condition}", operation
+            )
+        if match["fn"] is not None:
+            name = names.get(match["fname"], match["fname"])
+            exists = name in present
+            if exists == (match["fn"].lower() == "attribute_exists"):
+                return True
+            continue
+        name = names.get(match["name"], match["name"])
+        if name not in present:
+            continue
+        actual, other = _scalar(present[name]), _scalar(values[match["value"]])
+        compare = operator.ne if match["op"] == "<>" else _COMPARISONS[match["op"]]
+        if compare(actual, other):
+            return True
+    return False
+
+
+def _updated(
+    item: Mapping[str, Any] | None,
+    key: Item,
+    expression: str,
+    names: Mapping[str, str],
+    values: Mapping[str, Mapping[str, Any]],
+) -> Item:
+    """``item`` (or a new one with ``key``) after ``SET`` and ``ADD`` clauses."""
+    result: Item = dict(item) if item is not None else dict(key)
+    sections = re.split(r"\b(SET|ADD)\b", expression, flags=re.IGNORECASE)
+    for verb, body in zip(sections[1::2], sections[2::2], strict=True):
+        for clause in (c for c in body.split(",") if c.strip()):
+            if verb.upper() == "SET":
+                match = _SET_CLAUSE.match(clause)
+                if match is None:
+                    raise client_error(
+                        "ValidationException", f"Invalid UpdateExpression: {expression}", "Update"
+                    )
+                name = names.get(match["name"], match["name"])
+                if match["value"] is not None:
+                    result[name] = dict(values[match["value"]])
+                elif name not in result:
+                    result[name] = dict(values[match["default"]])
+            else:
+                match = _ADD_CLAUSE.match(clause)
+                if match is None:
+                    raise client_error(
+                        "ValidationException", f"Invalid UpdateExpression: {expression}", "Update"
+                    )
+                name = names.get(match["name"], match["name"])
+                amount = Decimal(values[match["value"]]["N"])
+                current = Decimal(result[name]["N"]) if name in result else Decimal(0)
+                result[name] = {"N": str(current + amount)}
+    return result

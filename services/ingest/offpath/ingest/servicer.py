@@ -19,7 +19,8 @@ import grpc
 import structlog
 from google.protobuf import timestamp_pb2
 
-from offpath.ingest.store import MAX_RANGE_DAYS, EventStore
+from offpath.ingest import rollups
+from offpath.ingest.store import MAX_RANGE_DAYS, EventStore, Summary
 from offpath.kit.ids import is_uuid
 from offpath.v1 import ingest_pb2, ingest_pb2_grpc
 
@@ -29,7 +30,7 @@ SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["AnalyticsIngest"].full_na
 
 _NS_PER_S = 1_000_000_000
 _DEFAULT_RANGE_NS = 24 * 3600 * _NS_PER_S
-_MAX_RANGE_NS = MAX_RANGE_DAYS * 24 * 3600 * _NS_PER_S
+_DAY_NS = 24 * 3600 * _NS_PER_S
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 
@@ -42,32 +43,35 @@ def resolve_range(
     start: timestamp_pb2.Timestamp | None,
     end: timestamp_pb2.Timestamp | None,
     now_ns: int,
+    max_days: int = MAX_RANGE_DAYS,
 ) -> tuple[int, int]:
     """[start, end) in ns: end defaults to now, start to end minus 24 hours."""
     end_ns = end.ToNanoseconds() if end is not None else now_ns
     start_ns = start.ToNanoseconds() if start is not None else end_ns - _DEFAULT_RANGE_NS
-    check_range(start_ns, end_ns)
+    check_range(start_ns, end_ns, max_days)
     return start_ns, end_ns
 
 
-def check_range(start_ns: int, end_ns: int) -> None:
+def check_range(start_ns: int, end_ns: int, max_days: int = MAX_RANGE_DAYS) -> None:
     """Raise :class:`BadRequest` unless [start, end) is a range we serve."""
     if start_ns >= end_ns:
         raise BadRequest("start_time must be before end_time")
-    if end_ns - start_ns > _MAX_RANGE_NS:
-        raise BadRequest(f"the time range spans more than {MAX_RANGE_DAYS} days; narrow it")
+    if end_ns - start_ns > max_days * _DAY_NS:
+        raise BadRequest(f"the time range spans more than {max_days} days; narrow it")
     if start_ns < 0:
         raise BadRequest("start_time must not be before 1970")
 
 
 def request_range(
     request: ingest_pb2.ListEventsRequest | ingest_pb2.GetSummaryRequest,
+    max_days: int = MAX_RANGE_DAYS,
 ) -> tuple[int, int]:
     """The request's [start_time, end_time), defaults filled in from now."""
     return resolve_range(
         request.start_time if request.HasField("start_time") else None,
         request.end_time if request.HasField("end_time") else None,
         time.time_ns(),
+        max_days,
     )
 
 
@@ -88,10 +92,14 @@ def decode_token(token: str) -> tuple[int, int, bool, str]:
 
 
 class IngestServicer(ingest_pb2_grpc.AnalyticsIngestServicer):
-    """GetEvent, ListEvents and GetSummary over the store."""
+    """GetEvent, ListEvents and GetSummary over the store. ListEvents serves
+    ranges up to MAX_RANGE_DAYS (it reads events); GetSummary up to
+    ``summary_max_days``, the retention period (it reads rollups, a few
+    items per bucket whatever the traffic)."""
 
-    def __init__(self, store: EventStore) -> None:
+    def __init__(self, store: EventStore, *, summary_max_days: int = MAX_RANGE_DAYS) -> None:
         self._store = store
+        self._summary_max_days = summary_max_days
 
     async def GetEvent(
         self,
@@ -167,16 +175,11 @@ class IngestServicer(ingest_pb2_grpc.AnalyticsIngestServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> ingest_pb2.GetSummaryResponse:
         try:
-            start_ns, end_ns = request_range(request)
+            start_ns, end_ns = request_range(request, self._summary_max_days)
         except BadRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        summary = await self._call(context, self._store.summary, start_ns, end_ns)
-        return ingest_pb2.GetSummaryResponse(
-            event_count=summary.event_count,
-            error_count=summary.error_count,
-            top_skills=[ingest_pb2.SkillCount(name=n, count=c) for n, c in summary.top_skills],
-            mean_processing_ms=summary.mean_processing_ms,
-        )
+        summary: Summary = await self._call(context, self._store.summary, start_ns, end_ns)
+        return summary_response(summary)
 
     async def _call(self, context: grpc.aio.ServicerContext[Any, Any], fn: Any, *args: Any) -> Any:
         try:
@@ -188,4 +191,33 @@ class IngestServicer(ingest_pb2_grpc.AnalyticsIngestServicer):
             )
 
 
-__all__ = ["IngestServicer"]
+def summary_response(summary: Summary) -> ingest_pb2.GetSummaryResponse:
+    """The GetSummary reply for the store's totals."""
+    percentiles = dict(summary.percentiles_ms)
+    response = ingest_pb2.GetSummaryResponse(
+        event_count=summary.event_count,
+        error_count=summary.error_count,
+        top_skills=[ingest_pb2.SkillCount(name=n, count=c) for n, c in summary.top_skills],
+        mean_processing_ms=summary.mean_processing_ms,
+        errors_by_code=[ingest_pb2.StatusCount(code=c, count=n) for c, n in summary.errors_by_code],
+        p50_processing_ms=percentiles.get(0.5, 0.0),
+        p95_processing_ms=percentiles.get(0.95, 0.0),
+        p99_processing_ms=percentiles.get(0.99, 0.0),
+        processing_ms_relative_error=rollups.RELATIVE_ERROR,
+        top_queries=[ingest_pb2.QueryCount(text=t, count=c) for t, c in summary.top_queries],
+        other_query_count=summary.other_queries,
+        models=[
+            ingest_pb2.ModelUsage(model=m, event_count=e, token_count=t)
+            for m, e, t in summary.models
+        ],
+    )
+    for start_ns, events, errors in summary.volume:
+        bucket = response.volume.add(event_count=events, error_count=errors)
+        bucket.start_time.FromNanoseconds(start_ns)
+    response.bucket_width.FromSeconds(summary.bucket_s)
+    response.covered_start_time.FromNanoseconds(summary.covered_start_ns)
+    response.covered_end_time.FromNanoseconds(summary.covered_end_ns)
+    return response
+
+
+__all__ = ["IngestServicer", "summary_response"]

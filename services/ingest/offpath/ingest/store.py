@@ -16,28 +16,34 @@ queries, and ``expires_at`` for TTL.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final, Protocol, Unpack
+from typing import TYPE_CHECKING, Any, Final, Protocol, Unpack, cast
 
 import structlog
+from botocore.exceptions import ClientError
 
+from offpath.ingest import rollups
 from offpath.kit.backoff import Backoff
 from offpath.v1 import analytics_pb2
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.type_defs import (
-        BatchWriteItemInputTypeDef,
-        BatchWriteItemOutputTypeDef,
         CreateTableInputTypeDef,
         GetItemInputTypeDef,
         GetItemOutputTypeDef,
+        PutItemInputTypeDef,
+        PutItemOutputTypeDef,
         QueryInputTypeDef,
         QueryOutputTypeDef,
+        TransactWriteItemsInputTypeDef,
+        TransactWriteItemsOutputTypeDef,
     )
 
 log = structlog.get_logger("offpath.ingest.store")
@@ -51,6 +57,8 @@ TIME_INDEX: Final = "by_time"
 TIME_PARTITION: Final = "bucket"
 TIME_SORT: Final = "sk"
 TTL_ATTRIBUTE: Final = "expires_at"
+# The id of the message whose rollups count the event (see EventStore.write).
+CLAIM_ATTRIBUTE: Final = "claimed_by"
 
 
 def create_table_request(table: str) -> CreateTableInputTypeDef:
@@ -80,9 +88,11 @@ def create_table_request(table: str) -> CreateTableInputTypeDef:
 class EventTableClient(Protocol):
     """The DynamoDB calls the store makes (boto3's DynamoDB client has them)."""
 
-    def batch_write_item(
-        self, **kwargs: Unpack[BatchWriteItemInputTypeDef]
-    ) -> BatchWriteItemOutputTypeDef: ...
+    def put_item(self, **kwargs: Unpack[PutItemInputTypeDef]) -> PutItemOutputTypeDef: ...
+
+    def transact_write_items(
+        self, **kwargs: Unpack[TransactWriteItemsInputTypeDef]
+    ) -> TransactWriteItemsOutputTypeDef: ...
 
     def get_item(self, **kwargs: Unpack[GetItemInputTypeDef]) -> GetItemOutputTypeDef: ...
 
@@ -90,12 +100,13 @@ class EventTableClient(Protocol):
 
 
 _NS_PER_S = 1_000_000_000
-_BATCH_WRITE_MAX = 25
 _WRITE_ATTEMPTS = 8
-# The first retry of unprocessed items waits up to 50 ms, doubling to 2 s.
+_PUT_WORKERS = 8
+# The first retry of a conflicting transaction waits up to 50 ms, doubling to 2 s.
 _BACKOFF_BASE_S = 0.05
 _BACKOFF_CAP_S = 2.0
 MAX_RANGE_DAYS = 31
+_TOP = 10
 
 
 class WriteError(RuntimeError):
@@ -121,10 +132,46 @@ class StoredEvent:
 
 @dataclass(frozen=True, slots=True)
 class Summary:
+    """Totals over whole rollup buckets: [covered_start, covered_end)."""
+
     event_count: int
     error_count: int
     top_skills: list[tuple[str, int]]
     mean_processing_ms: float
+    errors_by_code: list[tuple[int, int]] = field(default_factory=list)
+    # (quantile, ms) for 0.5, 0.95, 0.99, within rollups.RELATIVE_ERROR
+    percentiles_ms: list[tuple[float, float]] = field(default_factory=list)
+    top_queries: list[tuple[str, int]] = field(default_factory=list)
+    other_queries: int = 0
+    # (model, events, tokens), most events first
+    models: list[tuple[str, int, int]] = field(default_factory=list)
+    # (bucket start ns, events, errors), oldest first
+    volume: list[tuple[int, int, int]] = field(default_factory=list)
+    bucket_s: int = 3600
+    covered_start_ns: int = 0
+    covered_end_ns: int = 0
+    reads: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """What :meth:`EventStore.claim` found: the events each message owns
+    (message id -> events), and how many distinct events there were."""
+
+    owned: dict[str, list[analytics_pb2.AnalyticsEvent]]
+    events: int
+
+
+@dataclass(slots=True)
+class WriteStats:
+    """What the writes cost, as DynamoDB reports it (``ReturnConsumedCapacity``)."""
+
+    puts: int = 0
+    duplicates: int = 0
+    transactions: int = 0
+    transaction_items: int = 0
+    replays: int = 0
+    write_units: float = 0.0
 
 
 class EventStore:
@@ -136,17 +183,28 @@ class EventStore:
         client: EventTableClient,
         table: str,
         *,
+        rollup_table: str | None = None,
         shards: int = 4,
         retention_days: int = 30,
+        bucket_s: int = 3600,
+        workers: int = _PUT_WORKERS,
         sleep: Callable[[float], None] = time.sleep,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self._client = client
         self._table = table
+        self._rollup_table = rollup_table or rollup_table_for(table)
         self._shards = shards
         self._retention_s = retention_days * 86_400
+        self._bucket_s = bucket_s
+        self._workers = workers
         self._sleep = sleep
         self._backoff = Backoff(_BACKOFF_BASE_S, _BACKOFF_CAP_S, rng)
+        self.stats = WriteStats()
+
+    @property
+    def rollup_table(self) -> str:
+        return self._rollup_table
 
     # -- writing -----------------------------------------------------------
 
@@ -202,38 +260,224 @@ class EventStore:
         *,
         ingested_ns: int,
     ) -> int:
-        """Store the events of each ``(batch_id, events)`` (BatchWriteItem, 25
-        items a call), retrying unprocessed ones with backoff; returns how
-        many distinct events were written. An event id seen twice keeps its
-        last copy. Raises :class:`WriteError` when something is still
-        unwritten: the caller must then not acknowledge any of them."""
-        items = [
-            self._item(event, batch_id=batch_id, ingested_ns=ingested_ns)
-            for batch_id, events in batches
-            for event in events
+        """Store the events of each ``(batch_id, events)`` (one SQS message's
+        batch) and add them to the rollups, exactly once whatever is
+        redelivered or re-sent; returns how many distinct events the call
+        carried. Raises :class:`WriteError` when something is unwritten: the
+        caller must then not acknowledge any of the messages (a redelivery
+        finishes the job and counts nothing twice).
+
+        Per message: (a) each event is a conditional ``PutItem`` claiming
+        it for the message (``claimed_by``); a put refused because another
+        message claimed the event first is a re-sent duplicate, left out of
+        this message's rollups. (b) One ``TransactWriteItems`` per chunk of
+        rollup updates, with a marker item that exists once the chunk is
+        applied: a redelivered message's transaction is cancelled by its
+        marker. A crash between (a) and (b) is finished by the redelivery,
+        whose puts succeed again (same claimant) and whose deltas are the
+        same (they depend on the events only)."""
+        claimed = self.claim(batches, ingested_ns=ingested_ns)
+        for message_id, mine in claimed.owned.items():
+            self.apply_rollups(message_id, mine)
+        return claimed.events
+
+    def claim(
+        self,
+        batches: Iterable[tuple[str, Sequence[analytics_pb2.AnalyticsEvent]]],
+        *,
+        ingested_ns: int,
+    ) -> Claimed:
+        """Step (a) of :meth:`write`: put every event, claimed for its
+        message; returns the events each message owns."""
+        messages: dict[str, dict[str, analytics_pb2.AnalyticsEvent]] = {}
+        for batch_id, events in batches:
+            unique = messages.setdefault(_message_id(batch_id, events), {})
+            for event in events:
+                unique[event.event_id.lower()] = event
+        claims = [
+            (message_id, event_id, event)
+            for message_id, events in messages.items()
+            for event_id, event in events.items()
         ]
-        unique = list({item[TABLE_KEY]["S"]: item for item in items}.values())
-        for start in range(0, len(unique), _BATCH_WRITE_MAX):
-            chunk = unique[start : start + _BATCH_WRITE_MAX]
-            requests: list[Any] = [{"PutRequest": {"Item": item}} for item in chunk]
-            for attempt in range(_WRITE_ATTEMPTS):
-                try:
-                    response = self._client.batch_write_item(RequestItems={self._table: requests})
-                except Exception as exc:
-                    raise WriteError(f"BatchWriteItem failed: {exc}") from exc
-                requests = list(response.get("UnprocessedItems", {}).get(self._table, []))
-                if not requests:
-                    break
-                if attempt == _WRITE_ATTEMPTS - 1:
-                    continue  # out of attempts: no point waiting before raising
-                delay = self._backoff.delay(attempt + 1)
-                log.warning("ddb_unprocessed_items", items=len(requests), attempt=attempt + 1)
-                self._sleep(delay)
+        # Conditional puts cannot be batched: run them side by side. The
+        # workers only call DynamoDB; results come back to this thread.
+        with ThreadPoolExecutor(max_workers=max(1, min(self._workers, len(claims)))) as pool:
+            results = list(pool.map(lambda c: self._claim(c[0], c[2], ingested_ns), claims))
+        self.stats.puts += len(results)
+        self.stats.write_units += sum(units for _, units in results)
+        owned: dict[str, list[analytics_pb2.AnalyticsEvent]] = {m: [] for m in messages}
+        for (message_id, _, event), (ok, _) in zip(claims, results, strict=True):
+            if ok:
+                owned[message_id].append(event)
             else:
-                raise WriteError(
-                    f"{len(requests)} items still unprocessed after {_WRITE_ATTEMPTS} attempts"
+                self.stats.duplicates += 1
+        return Claimed(owned, len({event_id for _, event_id, _ in claims}))
+
+    def apply_rollups(
+        self, message_id: str, events: Sequence[analytics_pb2.AnalyticsEvent]
+    ) -> None:
+        """Step (b) of :meth:`write`: add the events a message owns to the
+        rollups, once (a marker per chunk)."""
+        updates = rollups.split(rollups.deltas(events, bucket_s=self._bucket_s).values())
+        for index, chunk in enumerate(rollups.chunks(updates)):
+            self._transact(message_id, index, chunk)
+
+    def _claim(
+        self, message_id: str, event: analytics_pb2.AnalyticsEvent, ingested_ns: int
+    ) -> tuple[bool, float]:
+        """Put one event's item for ``message_id``: (owned, write units).
+        Not owned when another message claimed it first (its rollup
+        contribution is that message's)."""
+        item = self._item(event, batch_id=message_id, ingested_ns=ingested_ns)
+        item[CLAIM_ATTRIBUTE] = {"S": message_id}
+        try:
+            response = self._client.put_item(
+                TableName=self._table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(#k) OR #c = :m",
+                ExpressionAttributeNames={"#k": TABLE_KEY, "#c": CLAIM_ATTRIBUTE},
+                ExpressionAttributeValues={":m": {"S": message_id}},
+                ReturnConsumedCapacity="TOTAL",
+            )
+        except ClientError as exc:
+            if _error_code(exc) == "ConditionalCheckFailedException":
+                # A refused write is charged too, as a write of the item.
+                return False, _capacity(cast("Any", exc.response).get("ConsumedCapacity"))
+            raise WriteError(f"PutItem failed: {exc}") from exc
+        except Exception as exc:
+            raise WriteError(f"PutItem failed: {exc}") from exc
+        return True, _capacity(response.get("ConsumedCapacity"))
+
+    def _transact(self, message_id: str, index: int, chunk: list[rollups.Update]) -> None:
+        """Apply one chunk with its marker; retries conflicts, falls back to
+        "other" for query texts that no longer fit their item."""
+        overflow: set[tuple[str, str]] = set()
+        new_keys = self._new_query_keys(chunk)
+        for attempt in range(_WRITE_ATTEMPTS):
+            items = [self._marker(message_id, index)] + [
+                self._rollup_update(u, new_keys.get((u.pk, u.sk), 0), (u.pk, u.sk) in overflow)
+                for u in chunk
+            ]
+            try:
+                response = self._client.transact_write_items(
+                    TransactItems=cast("Any", items), ReturnConsumedCapacity="TOTAL"
                 )
-        return len(unique)
+            except ClientError as exc:
+                if _error_code(exc) != "TransactionCanceledException":
+                    raise WriteError(f"TransactWriteItems failed: {exc}") from exc
+                reasons = [
+                    r.get("Code", "None") for r in exc.response.get("CancellationReasons", [])
+                ]
+                if reasons and reasons[0] == "ConditionalCheckFailed":
+                    self.stats.replays += 1
+                    return  # the marker exists: this chunk was applied before
+                full = {
+                    (u.pk, u.sk)
+                    for u, code in zip(chunk, reasons[1:], strict=False)
+                    if code == "ConditionalCheckFailed"
+                }
+                if full:
+                    overflow |= full
+                    continue
+                if any(code == "TransactionConflict" for code in reasons) or not reasons:
+                    if attempt < _WRITE_ATTEMPTS - 1:
+                        delay = self._backoff.delay(attempt + 1)
+                        log.warning("rollup_conflict", attempt=attempt + 1, retry_in_s=delay)
+                        self._sleep(delay)
+                    continue
+                raise WriteError(f"TransactWriteItems cancelled: {reasons}") from exc
+            except Exception as exc:
+                raise WriteError(f"TransactWriteItems failed: {exc}") from exc
+            self.stats.transactions += 1
+            self.stats.transaction_items += len(items)
+            self.stats.write_units += sum(
+                _capacity(c) for c in response.get("ConsumedCapacity", [])
+            )
+            return
+        raise WriteError(f"rollups of {message_id} not applied after {_WRITE_ATTEMPTS} attempts")
+
+    def _new_query_keys(self, chunk: Sequence[rollups.Update]) -> dict[tuple[str, str], int]:
+        """For each query item of the chunk, how many of its texts it does not
+        hold yet (an eventually consistent read: texts are never removed, so a
+        stale read only over-counts, which keeps the cap safe)."""
+        out: dict[tuple[str, str], int] = {}
+        for update in chunk:
+            if not rollups.is_query_item(update.sk):
+                continue
+            names = {f"#a{i}": name for i, name in enumerate(sorted(update.adds))}
+            response = self._client.get_item(
+                TableName=self._rollup_table,
+                Key={
+                    rollups.ROLLUP_PARTITION: {"S": update.pk},
+                    rollups.ROLLUP_SORT: {"S": update.sk},
+                },
+                ProjectionExpression=", ".join(names),
+                ExpressionAttributeNames=names,
+            )
+            held = set(response.get("Item", {}))
+            out[(update.pk, update.sk)] = sum(1 for name in update.adds if name not in held)
+        return out
+
+    def _marker(self, message_id: str, index: int) -> dict[str, Any]:
+        pk, sk = rollups.marker_key(message_id, index)
+        expires = int(time.time()) + self._retention_s
+        return {
+            "Update": {
+                "TableName": self._rollup_table,
+                "Key": {rollups.ROLLUP_PARTITION: {"S": pk}, rollups.ROLLUP_SORT: {"S": sk}},
+                "UpdateExpression": "SET #t = :t",
+                "ConditionExpression": "attribute_not_exists(#p)",
+                "ExpressionAttributeNames": {
+                    "#t": rollups.ROLLUP_TTL,
+                    "#p": rollups.ROLLUP_PARTITION,
+                },
+                "ExpressionAttributeValues": {":t": {"N": str(expires)}},
+            }
+        }
+
+    def _rollup_update(
+        self, update: rollups.Update, new_keys: int, overflow: bool
+    ) -> dict[str, Any]:
+        """One rollup item's ``Update``: ``SET`` of its labels and TTL (the
+        same values every time), ``ADD`` of its counters."""
+        adds: dict[str, int] = dict(update.adds)
+        condition: str | None = None
+        values: dict[str, Any] = {}
+        if overflow:
+            adds = {"qo": sum(adds.values())}
+        elif new_keys:
+            adds["qn"] = new_keys
+            condition = "attribute_not_exists(#qn) OR #qn <= :room"
+            values[":room"] = {"N": str(rollups.QUERY_KEYS_CAP - new_keys)}
+        names = {"#svc": "service", "#mth": "method", "#t": rollups.ROLLUP_TTL}
+        values.update(
+            {
+                ":svc": {"S": update.service},
+                ":mth": {"S": update.method},
+                ":t": {
+                    "N": str(update.bucket_ns // _NS_PER_S + self._bucket_s + self._retention_s)
+                },
+            }
+        )
+        clauses = []
+        for i, (name, amount) in enumerate(sorted(adds.items())):
+            placeholder = "#qn" if name == "qn" else f"#c{i}"
+            names[placeholder] = name
+            values[f":c{i}"] = {"N": str(amount)}
+            clauses.append(f"{placeholder} :c{i}")
+        request: dict[str, Any] = {
+            "TableName": self._rollup_table,
+            "Key": {
+                rollups.ROLLUP_PARTITION: {"S": update.pk},
+                rollups.ROLLUP_SORT: {"S": update.sk},
+            },
+            "UpdateExpression": "SET #svc = :svc, #mth = :mth, #t = :t ADD " + ", ".join(clauses),
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+        }
+        if condition is not None:
+            request["ConditionExpression"] = condition
+        return {"Update": request}
 
     # -- reading -----------------------------------------------------------
 
@@ -350,30 +594,98 @@ class EventStore:
         return low <= cursor <= high
 
     def summary(self, start_ns: int, end_ns: int) -> Summary:
-        """Totals over [start, end), read from the time index."""
-        low, high = _sort_bounds(start_ns, end_ns)
-        count = errors = 0
-        total_ms = 0.0
-        skills: dict[str, int] = {}
-        for day in self._days(start_ns, end_ns, newest_first=False):
-            for shard in range(self._shards):
-                for item in self._query_bucket(
-                    f"{day}#{shard}",
-                    low,
-                    high,
-                    newest_first=False,
-                    limit=None,
-                    projection="status_code, processing_ms, skills",
-                ):
-                    count += 1
-                    if item.get("status_code", {}).get("N", "0") != "0":
-                        errors += 1
-                    total_ms += float(item.get("processing_ms", {}).get("N", "0"))
-                    for skill in item.get("skills", {}).get("L", []):
-                        name = skill["M"]["name"]["S"]
-                        skills[name] = skills.get(name, 0) + 1
-        top = sorted(skills.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
-        return Summary(count, errors, top, total_ms / count if count else 0.0)
+        """Totals over the rollup buckets that start in [floor(start), end):
+        one Query per UTC day of the range (more pages only past 1 MB), so
+        the cost follows the range, not the traffic."""
+        first = rollups.bucket_start_ns(start_ns, self._bucket_s)
+        totals = rollups.Totals()
+        reads = 0
+        for day in self._days(first, end_ns, newest_first=False):
+            low = rollups.rollup_key(max(first, _day_ns(day)), "", "", "")[1][:5]
+            high = rollups.rollup_key(
+                min(end_ns - 1, _day_ns(day) + 86_399 * _NS_PER_S), "", "", ""
+            )[1][:5]
+            kwargs: dict[str, Any] = {
+                "TableName": self._rollup_table,
+                "KeyConditionExpression": "#p = :p AND #s BETWEEN :lo AND :hi",
+                "ExpressionAttributeNames": {
+                    "#p": rollups.ROLLUP_PARTITION,
+                    "#s": rollups.ROLLUP_SORT,
+                },
+                "ExpressionAttributeValues": {
+                    ":p": {"S": f"r#{day}"},
+                    ":lo": {"S": low},
+                    ":hi": {"S": high + "$"},  # "$" sorts right after "#"
+                },
+            }
+            while True:
+                response = self._client.query(**kwargs)
+                reads += 1
+                for item in response.get("Items", []):
+                    pk, sk = item[rollups.ROLLUP_PARTITION]["S"], item[rollups.ROLLUP_SORT]["S"]
+                    bucket = rollups.parse_bucket_ns(pk, sk)
+                    if first <= bucket < end_ns:
+                        totals.add_item(item, bucket)
+                last = response.get("LastEvaluatedKey")
+                if not last:
+                    break
+                kwargs["ExclusiveStartKey"] = last
+        return _summary(totals, self._bucket_s, first, end_ns, reads)
+
+
+def rollup_table_for(table: str) -> str:
+    """The rollup table's name when none is configured: the events table's + ``-rollups``."""
+    return f"{table}-rollups"
+
+
+def _day_ns(day: str) -> int:
+    moment = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC)
+    return int(moment.timestamp()) * _NS_PER_S
+
+
+def _top(counter: Mapping[Any, int], n: int = _TOP) -> list[tuple[Any, int]]:
+    return sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
+def _summary(totals: rollups.Totals, bucket_s: int, start: int, end: int, reads: int) -> Summary:
+    count = totals.event_count
+    return Summary(
+        event_count=count,
+        error_count=sum(totals.errors.values()),
+        top_skills=_top(totals.skills),
+        mean_processing_ms=totals.processing_us / 1000 / count if count else 0.0,
+        errors_by_code=sorted(totals.errors.items()),
+        percentiles_ms=[(q, rollups.percentile_ms(totals.histogram, q)) for q in (0.5, 0.95, 0.99)],
+        top_queries=_top(totals.queries),
+        other_queries=totals.other_queries,
+        models=[
+            (model, events, totals.model_tokens[model])
+            for model, events in _top(totals.model_events, n=len(totals.model_events))
+        ],
+        volume=[(b, v[0], v[1]) for b, v in sorted(totals.volume.items())],
+        bucket_s=bucket_s,
+        covered_start_ns=start,
+        covered_end_ns=rollups.bucket_start_ns(end - 1, bucket_s) + bucket_s * _NS_PER_S,
+        reads=reads,
+    )
+
+
+def _message_id(batch_id: str, events: Sequence[analytics_pb2.AnalyticsEvent]) -> str:
+    """The id a message claims its events under: its batch id (the FIFO
+    de-duplication id, the same on every redelivery), or for a batch without
+    one, a digest of its event ids (also the same on every redelivery)."""
+    if batch_id:
+        return batch_id
+    digest = hashlib.sha256("\n".join(sorted(e.event_id.lower() for e in events)).encode())
+    return "sha256:" + digest.hexdigest()[:32]
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _capacity(consumed: Mapping[str, Any] | None) -> float:
+    return float((consumed or {}).get("CapacityUnits", 0.0))
 
 
 def _sort_bounds(start_ns: int, end_ns: int) -> tuple[str, str]:
