@@ -68,11 +68,18 @@ bench-readme: install
 bootstrap: install
 	$(PY) -m offpath.dev.bootstrap
 
+# buf breaking compares protos/ with protos/offpath-v1.binpb, the released
+# contract as a buf image, committed. Not a git ref: comparing with
+# .git#branch=main proves nothing on main itself, and a ref needs history
+# that a shallow CI clone lacks. After a deliberate, compatible contract
+# change is released, refresh it and commit it with the change:
+#   $(BUF) build protos --exclude-source-info -o protos/offpath-v1.binpb
 lint: install $(BUF)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy services clients tools tests
 	$(BUF) lint protos
+	$(BUF) breaking protos --against protos/offpath-v1.binpb
 
 fmt: install
 	$(VENV)/bin/ruff format .

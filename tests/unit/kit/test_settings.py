@@ -343,7 +343,8 @@ class TestIngestSettings:
         assert settings.queues == QueueNames()
         assert settings.table == ingest.DEFAULT_TABLE_NAME
         assert (settings.queue_url, settings.dlq_url) == (None, None)
-        assert (settings.wait_s, settings.retention_days, settings.time_shards) == (10, 30, 4)
+        assert (settings.wait_s, settings.retention_days, settings.time_shards) == (20, 30, 4)
+        assert settings.pollers == 1
 
     def test_reads_every_variable(self) -> None:
         """Each variable reaches its field; server fields sit under ``.server``."""
@@ -356,6 +357,7 @@ class TestIngestSettings:
                 ENV_SHUTDOWN_GRACE_S: "0",
                 ENV_LOG_LEVEL: "error",
                 ingest.ENV_WAIT_S: "0",
+                ingest.ENV_POLLERS: "8",
                 ingest.ENV_RETENTION_DAYS: "7",
                 ingest.ENV_TIME_SHARDS: "8",
                 ingest.ENV_TABLE_NAME: "events-table",
@@ -376,6 +378,7 @@ class TestIngestSettings:
             table="events-table",
             queue_url="http://localhost:4566/000000000000/q",
             dlq_url="http://localhost:4566/000000000000/q-dead",
+            pollers=8,
         )
 
     def test_queue_name_alone_derives_the_dlq(self) -> None:
@@ -403,6 +406,8 @@ class TestIngestSettings:
         ("name", "raw"),
         [
             (ingest.ENV_WAIT_S, "21"),
+            (ingest.ENV_POLLERS, "0"),
+            (ingest.ENV_POLLERS, "33"),
             (ingest.ENV_RETENTION_DAYS, "0"),
             (ingest.ENV_TIME_SHARDS, "65"),
         ],

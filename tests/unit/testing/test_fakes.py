@@ -5,7 +5,7 @@ offpath relies on it (checked here), so a unit test built on them means somethin
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from botocore.exceptions import ClientError
@@ -13,6 +13,7 @@ from botocore.exceptions import ClientError
 from offpath.client.dlq import DlqClient
 from offpath.dev.bootstrap import SetupDynamoDbClient, SetupSqsClient
 from offpath.emitter.sqs import SqsSendClient
+from offpath.ingest import rollups
 from offpath.ingest.consumer import SqsConsumeClient
 from offpath.ingest.store import TIME_INDEX, EventTableClient, create_table_request
 from offpath.kit import aws
@@ -243,3 +244,65 @@ class TestFakeDynamoDb:
                     ":hi": {"S": "a"},
                 },
             )
+
+
+class TestFakeDynamoDbConditionalWrites:
+    def _ddb(self) -> FakeDynamoDb:
+        ddb = FakeDynamoDb()
+        ddb.create_table(**rollups.create_table_request("r"))
+        return ddb
+
+    def test_conditional_put_refuses_and_bills_by_size(self) -> None:
+        """A PutItem whose condition fails raises ConditionalCheckFailedException
+        and changes nothing; a 2.5 KB item is billed 3 write units."""
+        ddb = self._ddb()
+        key = {"pk": {"S": "a"}, "sk": {"S": "1"}}
+        item = {**key, "owner": {"S": "m1"}, "blob": {"S": "x" * 2500}}
+        condition = {
+            "ConditionExpression": "attribute_not_exists(#p) OR #o = :m",
+            "ExpressionAttributeNames": {"#p": "pk", "#o": "owner"},
+        }
+        first = ddb.put_item(
+            TableName="r",
+            Item=item,
+            ExpressionAttributeValues={":m": {"S": "m1"}},
+            ReturnConsumedCapacity="TOTAL",
+            **condition,  # type: ignore[arg-type]
+        )
+        assert first["ConsumedCapacity"]["CapacityUnits"] == 3.0
+        with pytest.raises(ClientError) as info:
+            ddb.put_item(
+                TableName="r",
+                Item={**key, "owner": {"S": "m2"}},
+                ExpressionAttributeValues={":m": {"S": "m2"}},
+                **condition,  # type: ignore[arg-type]
+            )
+        assert info.value.response["Error"]["Code"] == "ConditionalCheckFailedException"
+        assert ddb.items("r") == [item]
+
+    def test_transaction_is_all_or_nothing_with_reasons_in_order(self) -> None:
+        """A transaction whose second action's condition fails applies nothing and
+        names that action in CancellationReasons; ADD creates a counter on first write."""
+        ddb = self._ddb()
+
+        def update(sk: str, condition: str | None = None) -> Any:
+            body: dict[str, Any] = {
+                "TableName": "r",
+                "Key": {"pk": {"S": "p"}, "sk": {"S": sk}},
+                "UpdateExpression": "SET #t = :t ADD #n :one",
+                "ExpressionAttributeNames": {"#t": "expires_at", "#n": "n"},
+                "ExpressionAttributeValues": {":t": {"N": "9"}, ":one": {"N": "1"}},
+            }
+            if condition:
+                body["ConditionExpression"] = condition
+            return {"Update": body}
+
+        ddb.transact_write_items(TransactItems=[update("a"), update("b")])
+        assert [i["n"] for i in ddb.items("r")] == [{"N": "1"}, {"N": "1"}]
+        with pytest.raises(ClientError) as info:
+            ddb.transact_write_items(
+                TransactItems=[update("a"), update("b", "attribute_not_exists(#n)")]
+            )
+        reasons = info.value.response["CancellationReasons"]
+        assert [r["Code"] for r in reasons] == ["None", "ConditionalCheckFailed"]
+        assert [i["n"] for i in ddb.items("r")] == [{"N": "1"}, {"N": "1"}]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -103,8 +104,16 @@ def _md5(text: str) -> str:
 class FakeSqs:
     """In-memory SQS; ``journal`` records every call (and injects faults)."""
 
-    def __init__(self, *, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self, *, clock: Callable[[], float] | None = None, long_poll: bool = False
+    ) -> None:
         self.journal = CallJournal()
+        # Calls from several threads (concurrent pollers) see one queue state;
+        # with long_poll, an empty receive with WaitTimeSeconds waits (in real
+        # time) for a message to become available, as SQS's long poll does.
+        self.long_poll = long_poll
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
         self.queues: dict[str, FakeQueue] = {}  # by URL
         self.closed = 0
         self._now = 1_800_000_000.0
@@ -120,7 +129,9 @@ class FakeSqs:
 
     def advance(self, seconds: float) -> None:
         """Move the fake's clock (visibility timeouts expire, dedup windows close)."""
-        self._now += seconds
+        with self._changed:
+            self._now += seconds
+            self._changed.notify_all()
 
     def add_queue(self, name: str, **attributes: str) -> str:
         """Create a queue as set-up, without a journal entry; returns its URL."""
@@ -279,24 +290,14 @@ class FakeSqs:
                 "ReceiveMessage",
             )
         visibility = float(kwargs.get("VisibilityTimeout", queue.visibility_timeout))
-        now = self.now
-        busy_groups = {
-            m.group_id for m in queue.messages if m.visible_at > now and m.group_id is not None
-        }
-        taken: list[FakeMessage] = []
-        for message in list(queue.messages):
-            if len(taken) >= wanted:
-                break
-            if message.visible_at > now:
-                continue
-            if queue.fifo and message.group_id in busy_groups:
-                continue
-            if self._redrive(queue, message):
-                continue
-            message.receive_count += 1
-            message.visible_at = now + visibility
-            message.receipt_handle = f"{message.message_id}#{uuid.uuid4().hex}"
-            taken.append(message)
+        wait_s = float(kwargs.get("WaitTimeSeconds", 0)) if self.long_poll else 0.0
+        deadline = time.monotonic() + wait_s
+        with self._changed:
+            while not (taken := self._take(queue, wanted, visibility)):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._changed.wait(left)
         names = {str(n) for n in kwargs.get("MessageAttributeNames", [])}
         system = {str(n) for n in kwargs.get("MessageSystemAttributeNames", [])} | {
             str(n) for n in kwargs.get("AttributeNames", [])
@@ -559,25 +560,49 @@ class FakeSqs:
                 "The request include parameter that is not valid for this queue type",
                 operation,
             )
-        now = self.now
-        message_id = str(uuid.uuid4())
-        if queue.fifo and dedup is not None:
-            first = queue.dedup.get(dedup)
-            if first is not None and now - first < _DEDUP_WINDOW_S:
-                return message_id  # accepted and dropped, as SQS does
-            queue.dedup[dedup] = now
-        queue.messages.append(
-            FakeMessage(
-                message_id=message_id,
-                body=str(request["MessageBody"]),
-                attributes=json.loads(json.dumps(request.get("MessageAttributes", {}))),
-                sent_at=now,
-                group_id=group,
-                dedup_id=dedup,
-                visible_at=now + float(request.get("DelaySeconds", 0)),
+        with self._changed:
+            now = self.now
+            message_id = str(uuid.uuid4())
+            if queue.fifo and dedup is not None:
+                first = queue.dedup.get(dedup)
+                if first is not None and now - first < _DEDUP_WINDOW_S:
+                    return message_id  # accepted and dropped, as SQS does
+                queue.dedup[dedup] = now
+            queue.messages.append(
+                FakeMessage(
+                    message_id=message_id,
+                    body=str(request["MessageBody"]),
+                    attributes=json.loads(json.dumps(request.get("MessageAttributes", {}))),
+                    sent_at=now,
+                    group_id=group,
+                    dedup_id=dedup,
+                    visible_at=now + float(request.get("DelaySeconds", 0)),
+                )
             )
-        )
-        return message_id
+            self._changed.notify_all()
+            return message_id
+
+    def _take(self, queue: FakeQueue, wanted: int, visibility: float) -> list[FakeMessage]:
+        """Receive up to ``wanted`` available messages (under the lock)."""
+        now = self.now
+        busy_groups = {
+            m.group_id for m in queue.messages if m.visible_at > now and m.group_id is not None
+        }
+        taken: list[FakeMessage] = []
+        for message in list(queue.messages):
+            if len(taken) >= wanted:
+                break
+            if message.visible_at > now:
+                continue
+            if queue.fifo and message.group_id in busy_groups:
+                continue
+            if self._redrive(queue, message):
+                continue
+            message.receive_count += 1
+            message.visible_at = now + visibility
+            message.receipt_handle = f"{message.message_id}#{uuid.uuid4().hex}"
+            taken.append(message)
+        return taken
 
     def _redrive(self, queue: FakeQueue, message: FakeMessage) -> bool:
         """Move a message that was received maxReceiveCount times to the DLQ."""
@@ -602,19 +627,24 @@ class FakeSqs:
         return next((m for m in queue.messages if m.receipt_handle == handle), None)
 
     def _delete(self, queue: FakeQueue, handle: str) -> bool:
-        message = self._find(queue, handle)
-        if message is None:
-            # SQS accepts a stale handle of a message already deleted.
-            return "#" in handle
-        queue.messages.remove(message)
-        return True
+        with self._changed:
+            message = self._find(queue, handle)
+            if message is None:
+                # SQS accepts a stale handle of a message already deleted.
+                return "#" in handle
+            queue.messages.remove(message)
+            # A FIFO group's next message may be available now.
+            self._changed.notify_all()
+            return True
 
     def _set_visibility(self, queue: FakeQueue, handle: str, seconds: int) -> bool:
-        message = self._find(queue, handle)
-        if message is None or message.visible_at <= self.now:
-            return False
-        message.visible_at = self.now + seconds
-        return True
+        with self._changed:
+            message = self._find(queue, handle)
+            if message is None or message.visible_at <= self.now:
+                return False
+            message.visible_at = self.now + seconds
+            self._changed.notify_all()
+            return True
 
     def _describe(self, message: FakeMessage, names: set[str], system: set[str]) -> MessageTypeDef:
         described: dict[str, Any] = {
