@@ -27,10 +27,10 @@ from botocore.session import get_session
 
 from offpath.client.dlq import DeadLetterQueue, DlqClient
 from offpath.emitter.sqs import SqsSendClient
-from offpath.ingest import store
+from offpath.ingest import rollups, store
 from offpath.ingest.consumer import SqsConsumeClient
 from offpath.ingest.settings import DEFAULT_TABLE_NAME
-from offpath.ingest.store import EventStore, EventTableClient
+from offpath.ingest.store import EventStore, EventTableClient, rollup_table_for
 from offpath.kit.sqs import MESSAGE_ATTRIBUTES, QueueNames, encode_batch
 from offpath.testing.calls import CallJournal
 from offpath.testing.dynamodb import FakeDynamoDb
@@ -63,9 +63,12 @@ EXPECTED_GRANTS = {
         ("sqs:ChangeMessageVisibility", "Queue"),
         ("sqs:GetQueueUrl", "DeadLetterQueue"),
         ("sqs:SendMessage", "DeadLetterQueue"),
-        ("dynamodb:BatchWriteItem", "Table"),
+        ("dynamodb:PutItem", "Table"),
         ("dynamodb:GetItem", "Table"),
         ("dynamodb:Query", f"Table/index/{store.TIME_INDEX}"),
+        ("dynamodb:UpdateItem", "RollupTable"),
+        ("dynamodb:GetItem", "RollupTable"),
+        ("dynamodb:Query", "RollupTable"),
     },
     # StartMessageMoveTask runs with the caller's permissions: receive,
     # delete and attributes on the DLQ, send on the events queue.
@@ -114,9 +117,13 @@ BATCH_ACTIONS = {
     "sqs:SendMessageBatch": "sqs:SendMessage",
     "sqs:DeleteMessageBatch": "sqs:DeleteMessage",
     "sqs:ChangeMessageVisibilityBatch": "sqs:ChangeMessageVisibility",
+    # No IAM action of its own: each action inside is authorised, and the
+    # store's rollup transactions hold Update actions only.
+    "dynamodb:TransactWriteItems": "dynamodb:UpdateItem",
 }
 # The stack's default names -> logical ids, to read a fake's journal.
 QUEUE_IDS = {QueueNames().queue: "Queue", QueueNames().dlq: "DeadLetterQueue"}
+TABLE_IDS = {DEFAULT_TABLE_NAME: "Table", rollup_table_for(DEFAULT_TABLE_NAME): "RollupTable"}
 
 
 def policy_statements(service: str) -> list[dict[str, Any]]:
@@ -231,13 +238,16 @@ def journal_grants(
                 name = request.get("QueueName") or fake.queue(request["QueueUrl"]).name
             resource = QUEUE_IDS[name]
         else:
-            # BatchWriteItem names its tables as the keys of RequestItems.
-            tables = (
-                {request["TableName"]} if "TableName" in request else set(request["RequestItems"])
-            )
-            assert tables == {DEFAULT_TABLE_NAME}, request
+            # A transaction names its tables in each of its actions.
+            if "TransactItems" in request:
+                for item in request["TransactItems"]:
+                    ((kind, body),) = item.items()
+                    assert kind == "Update", request
+                    pairs.add((action, TABLE_IDS[body["TableName"]]))
+                continue
             index = request.get("IndexName")
-            resource = f"Table/index/{index}" if index else "Table"
+            table = TABLE_IDS[request["TableName"]]
+            resource = f"{table}/index/{index}" if index else table
         pairs.add((action, resource))
     return pairs
 
@@ -282,15 +292,17 @@ def dlq_tool_on_a_fake() -> FakeSqs:
 
 
 def store_on_a_fake() -> FakeDynamoDb:
-    """A fake DynamoDB with the stack's table, on which the store wrote an
-    event, read it back, listed a time range and summarised it: every read
-    and write of offpath.ingest.store. Its journal holds only the store's calls."""
+    """A fake DynamoDB with the stack's tables, on which the store wrote an
+    event (a query, so the query-text read runs too) with its rollups, read
+    it back, listed a time range and summarised it: every read and write of
+    offpath.ingest.store. Its journal holds only the store's calls."""
     ddb = FakeDynamoDb()
     ddb.create_table(**store.create_table_request(DEFAULT_TABLE_NAME))
+    ddb.create_table(**rollups.create_table_request(rollup_table_for(DEFAULT_TABLE_NAME)))
     ddb.journal.calls.clear()
     events = EventStore(ddb, DEFAULT_TABLE_NAME)
     event = analytics_pb2.AnalyticsEvent(
-        event_id="0190a8d0-0000-7000-8000-000000000001", service="s", method="/s/M"
+        event_id="0190a8d0-0000-7000-8000-000000000001", service="s", method="/s/M", query="q"
     )
     day_ns = 1_800_000_000 * 10**9
     event.occurred_at.FromNanoseconds(day_ns)

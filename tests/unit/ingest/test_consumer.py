@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import EndpointConnectionError
 
+from offpath.ingest import rollups
 from offpath.ingest.consumer import Consumer, Queues
 from offpath.ingest.store import (
     TABLE_KEY,
@@ -20,6 +21,7 @@ from offpath.ingest.store import (
     EventStore,
     create_table_request,
     iso_ns,
+    rollup_table_for,
 )
 from offpath.kit.sqs import (
     DEAD_LETTER_GROUP,
@@ -67,6 +69,7 @@ class Harness:
         self.dlq_url = self.sqs.add_queue(dlq, **fifo)
         self.ddb = FakeDynamoDb()
         self.ddb.create_table(**create_table_request(TABLE))
+        self.ddb.create_table(**rollups.create_table_request(rollup_table_for(TABLE)))
         self.store = EventStore(self.ddb, TABLE, shards=4, sleep=lambda _: None)
         self.consumer = Consumer(
             self.sqs,
@@ -164,7 +167,7 @@ class TestGoodMessages:
         """A good message's events are all written, and only then is the message deleted."""
         order: list[str] = []
         harness.sqs.journal.inject("receive_message", _observe(order, "receive"))
-        harness.ddb.journal.inject("batch_write_item", _observe(order, "write"))
+        harness.ddb.journal.inject("transact_write_items", _observe(order, "write"))
         harness.sqs.journal.inject("delete_message_batch", _observe(order, "delete"))
         events = [_event(i) for i in range(3)]
         harness.send(*events)
@@ -198,14 +201,16 @@ class TestGoodMessages:
         assert call["WaitTimeSeconds"] == 0
         assert call["MessageAttributeNames"] == ["All"]
         assert harness.sqs.journal.operations[-1] == "receive_message"
-        assert harness.ddb.journal.of("batch_write_item") == []
+        assert harness.ddb.journal.of("put_item") == []
 
     def test_one_write_for_many_messages(self, harness: Harness) -> None:
-        """Messages of one receive are written together and deleted in one call."""
+        """Messages of one receive are written in one store call (a put per event,
+        a rollup transaction per message) and deleted in one call."""
         for n in range(4):
             harness.send(_event(n))
         assert harness.consumer.poll_once() == 4
-        assert len(harness.ddb.journal.of("batch_write_item")) == 1
+        assert len(harness.ddb.journal.of("put_item")) == 4
+        assert len(harness.ddb.journal.of("transact_write_items")) == 4
         assert harness.deleted_entries() == [4]
         assert harness.left == []
         assert len(harness.stored_ids) == 4
@@ -223,17 +228,15 @@ class TestGoodMessages:
         assert len(harness.left) == 1
         harness.sqs.advance(VISIBILITY_S + 1)
         assert harness.consumer.poll_once() == 1
-        first, second = harness.ddb.journal.of("batch_write_item")
+        puts = harness.ddb.journal.of("put_item")
 
-        def keys(call: dict[str, Any]) -> list[tuple[str, ...]]:
+        def keys(calls: list[dict[str, Any]]) -> list[tuple[str, ...]]:
             return sorted(
-                tuple(
-                    r["PutRequest"]["Item"][k]["S"] for k in (TABLE_KEY, TIME_PARTITION, TIME_SORT)
-                )
-                for r in call["RequestItems"][TABLE]
+                tuple(c["Item"][k]["S"] for k in (TABLE_KEY, TIME_PARTITION, TIME_SORT))
+                for c in calls
             )
 
-        assert keys(first) == keys(second)
+        assert keys(puts[:5]) == keys(puts[5:])
         assert harness.stored_ids == _ids(events)
         assert harness.left == []
         assert harness.consumer.stats.deleted == 1
@@ -242,18 +245,15 @@ class TestGoodMessages:
 class TestWriteFailure:
     @pytest.mark.parametrize(
         "fail",
-        ["client-error", "unprocessed"],
+        ["put", "rollups"],
     )
     def test_message_is_not_deleted(self, harness: Harness, fail: str) -> None:
-        """When DynamoDB fails (an error, or items it never processes), the message stays
+        """When DynamoDB fails (writing an event, or its rollups), the message stays
         on the queue for redelivery and nothing is dead-lettered."""
-        if fail == "client-error":
-            harness.ddb.journal.inject(
-                "batch_write_item",
-                client_error("ProvisionedThroughputExceededException", "no", "BatchWriteItem"),
-            )
-        else:
-            harness.ddb.leave_unprocessed(*[None] * 8)
+        operation = "put_item" if fail == "put" else "transact_write_items"
+        harness.ddb.journal.inject(
+            operation, client_error("ProvisionedThroughputExceededException", "no", "Write")
+        )
         harness.send(_event(1))
         harness.consumer.poll_once()
         assert harness.sqs.journal.of("delete_message_batch") == []
@@ -264,7 +264,7 @@ class TestWriteFailure:
 
     def test_poison_is_still_deleted(self, harness: Harness) -> None:
         """A write failure does not hold back a poison message already dead-lettered."""
-        harness.ddb.journal.inject("batch_write_item", RuntimeError("connection reset"))
+        harness.ddb.journal.inject("put_item", RuntimeError("connection reset"))
         harness.send(body="%%%")
         harness.send(_event(2))
         harness.consumer.poll_once()
@@ -278,7 +278,7 @@ class TestWriteFailure:
         self, harness: Harness
     ) -> None:
         """The whole message comes back, so its invalid events are not dead-lettered yet."""
-        harness.ddb.journal.inject("batch_write_item", RuntimeError("connection reset"))
+        harness.ddb.journal.inject("put_item", RuntimeError("connection reset"))
         harness.send(_event(1), _event(2, event_id="nope"))
         harness.consumer.poll_once()
         assert harness.dead == []
@@ -337,7 +337,7 @@ class TestPoisonMessages:
         (dead,) = harness.dead
         assert reason in _reason(dead)
         assert harness.left == []
-        assert harness.ddb.journal.of("batch_write_item") == []
+        assert harness.ddb.journal.of("put_item") == []
 
     def test_standard_dlq_gets_no_fifo_fields(self) -> None:
         """A standard DLQ gets neither a group id nor a dedup id (it would reject them)."""
@@ -403,7 +403,7 @@ class TestInvalidEvents:
         """A batch with nothing valid is dead-lettered and deleted without a DynamoDB call."""
         harness.send(_event(1, event_id="x"), _event(2, event_id="y"))
         harness.consumer.poll_once()
-        assert harness.ddb.journal.of("batch_write_item") == []
+        assert harness.ddb.journal.of("put_item") == []
         (dead,) = harness.dead
         assert len(decode_message(dead.body, dead.attributes).events) == 2
         assert harness.left == []

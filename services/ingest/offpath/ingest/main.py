@@ -35,8 +35,10 @@ async def run(settings: IngestSettings, stop_event: asyncio.Event | None = None)
     store = EventStore(
         aws.dynamodb_client(aws.client_config(max_pool_connections=pool)),
         settings.table,
+        rollup_table=settings.rollup_table or None,
         shards=settings.time_shards,
         retention_days=settings.retention_days,
+        bucket_s=settings.rollup_bucket_minutes * 60,
     )
     consumer = Consumer(
         # Long polls hold a connection for wait_s; the read timeout must outlast it.
@@ -59,7 +61,9 @@ async def run(settings: IngestSettings, stop_event: asyncio.Event | None = None)
     )
 
     def add(grpc_server: grpc.aio.Server) -> None:
-        ingest_pb2_grpc.add_AnalyticsIngestServicer_to_server(IngestServicer(store), grpc_server)
+        ingest_pb2_grpc.add_AnalyticsIngestServicer_to_server(
+            IngestServicer(store, summary_max_days=settings.retention_days), grpc_server
+        )
 
     async def started() -> None:
         thread.start()

@@ -5,8 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from offpath.ingest.store import rollup_table_for
 from offpath.kit import defaults
-from offpath.kit.settings import ServerSettings, env_int, env_optional_str, env_str
+from offpath.kit.settings import (
+    ServerSettings,
+    SettingsError,
+    env_int,
+    env_optional_str,
+    env_str,
+)
 from offpath.kit.sqs import ENV_DLQ_URL, ENV_QUEUE_URL, QueueNames
 
 ENV_HOST = "OFFPATH_INGEST_HOST"
@@ -17,6 +24,8 @@ ENV_POLLERS = "OFFPATH_INGEST_POLLERS"
 ENV_RETENTION_DAYS = "OFFPATH_RETENTION_DAYS"
 ENV_TIME_SHARDS = "OFFPATH_DDB_TIME_SHARDS"
 ENV_TABLE_NAME = "OFFPATH_DDB_TABLE"
+ENV_ROLLUP_TABLE_NAME = "OFFPATH_DDB_ROLLUP_TABLE"
+ENV_ROLLUP_BUCKET_MINUTES = "OFFPATH_ROLLUP_BUCKET_MINUTES"
 
 DEFAULT_TABLE_NAME = "offpath-events"
 # Long polls are cheap and return at once when messages arrive; 10 s keeps
@@ -30,9 +39,31 @@ _DEFAULT_RETENTION_DAYS = 30
 _DEFAULT_TIME_SHARDS = 4
 
 
+# Rollup buckets: an hour by default; any whole number of minutes that
+# divides a day. Keep it fixed for a table's life (summaries add up whatever
+# buckets they find, but volume per bucket would mix widths).
+_DEFAULT_ROLLUP_BUCKET_MINUTES = 60
+
+
 def table_name_from_env(env: Mapping[str, str]) -> str:
     """The events table's name."""
     return env_str(env, ENV_TABLE_NAME, DEFAULT_TABLE_NAME)
+
+
+def rollup_table_name_from_env(env: Mapping[str, str]) -> str:
+    """The rollup table's name: default, the events table's + ``-rollups``."""
+    return env_str(env, ENV_ROLLUP_TABLE_NAME, rollup_table_for(table_name_from_env(env)))
+
+
+def _bucket_minutes(env: Mapping[str, str]) -> int:
+    minutes = env_int(
+        env, ENV_ROLLUP_BUCKET_MINUTES, _DEFAULT_ROLLUP_BUCKET_MINUTES, minimum=1, maximum=1440
+    )
+    if 1440 % minutes:
+        raise SettingsError(
+            f"{ENV_ROLLUP_BUCKET_MINUTES}={minutes} does not divide a day (1440 minutes)"
+        )
+    return minutes
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +76,8 @@ class IngestSettings:
     table: str
     queue_url: str | None
     dlq_url: str | None
+    rollup_table: str = ""
+    rollup_bucket_minutes: int = _DEFAULT_ROLLUP_BUCKET_MINUTES
     pollers: int = _DEFAULT_POLLERS
 
     @property
@@ -72,5 +105,7 @@ class IngestSettings:
             table=table_name_from_env(env),
             queue_url=env_optional_str(env, ENV_QUEUE_URL),
             dlq_url=env_optional_str(env, ENV_DLQ_URL),
+            rollup_table=rollup_table_name_from_env(env),
+            rollup_bucket_minutes=_bucket_minutes(env),
             pollers=env_int(env, ENV_POLLERS, _DEFAULT_POLLERS, minimum=1, maximum=_MAX_POLLERS),
         )
