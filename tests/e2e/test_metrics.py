@@ -41,6 +41,11 @@ def test_emitter_and_consumer_counters_follow_the_traffic(
     assert query[enqueued] - before_query.get(enqueued, 0) >= 4
     assert query[sent] - before_query.get(sent, 0) >= 4
     assert query["offpath_emitter_sqs_requests_total"] >= 1
+    # Every SendMessageBatch, timed in the sender process, reported back.
+    assert (
+        query["offpath_emitter_sqs_request_duration_seconds_count"]
+        == query["offpath_emitter_sqs_requests_total"]
+    )
     assert ingest[written] - before_ingest.get(written, 0) >= 4
     assert ingest["offpath_ingest_messages_deleted_total"] >= 1
 

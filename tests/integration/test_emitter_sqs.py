@@ -60,7 +60,8 @@ def _events(messages: list[dict[str, Any]]) -> list[analytics_pb2.AnalyticsEvent
 
 
 async def test_every_emitted_event_arrives_packed_in_few_requests(names: ResourceNames) -> None:
-    """1,000 events reach the FIFO queue intact, in at most 5 SQS requests."""
+    """1,000 events reach the FIFO queue intact, in at most 5 SQS requests, each of
+    which is in the call latency histogram."""
     settings = EmitterSettings(
         queue_name=names.queues.queue, producer_id="it-producer", linger_s=0.05
     )
@@ -73,6 +74,8 @@ async def test_every_emitted_event_arrives_packed_in_few_requests(names: Resourc
     assert stats.sent == 1000
     assert not stats.dropped
     assert stats.requests <= 5
+    assert sum(stats.latencies.counts) == stats.requests
+    assert stats.latencies.sum_ns > 0
     url = sqs_client().get_queue_url(QueueName=names.queues.queue)["QueueUrl"]
     messages = _drain(url)
     assert {m["Attributes"]["MessageGroupId"] for m in messages} == {"it-producer"}

@@ -14,6 +14,7 @@ from botocore.exceptions import EndpointConnectionError
 from google.protobuf import timestamp_pb2
 
 from offpath.emitter import EmitterSettings, ExportResult, SqsSendClient, SqsSink
+from offpath.emitter.sink import CallLatencies
 from offpath.kit.sqs import attributes_size, decode_message, encoded_size
 from offpath.testing.calls import client_error
 from offpath.testing.sqs import FakeSqs
@@ -497,3 +498,27 @@ class TestClient:
         SqsSink(_settings(url), client_factory=factory).close()
         assert made == 0
         assert sqs.closed == 0
+
+
+class TestCallLatencies:
+    def test_each_call_lands_in_the_first_bucket_it_fits(self) -> None:
+        """4 ms and exactly 5 ms go in the 5 ms bucket, 7 ms in the 10 ms one, 60 s in
+        +Inf; the sum is theirs."""
+        latencies = CallLatencies()
+        for ms in (4, 5, 7, 60_000):
+            latencies.observe(ms * 1_000_000)
+        assert latencies.counts[0] == 2
+        assert latencies.counts[1] == 1
+        assert latencies.counts[-1] == 1
+        assert sum(latencies.counts) == 4
+        assert latencies.sum_ns == (4 + 5 + 7 + 60_000) * 1_000_000
+
+    def test_reports_round_trip_and_malformed_ones_are_empty(self) -> None:
+        """A sender's report gives back the same counts; a malformed one gives an empty
+        histogram rather than an error in the serving process."""
+        latencies = CallLatencies()
+        latencies.observe(3_000_000)
+        again = CallLatencies.from_dict(latencies.as_dict())
+        assert again == latencies
+        for bad in (None, {"counts": [1, 2], "sum_ns": 3}, {"counts": "x"}, [1]):
+            assert CallLatencies.from_dict(bad) == CallLatencies()

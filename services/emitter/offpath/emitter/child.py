@@ -39,7 +39,7 @@ from offpath.emitter.frames import FrameError, FrameReader, control_frame, decod
 from offpath.emitter.record import EventRecord
 from offpath.emitter.sender import Sender
 from offpath.emitter.settings import EmitterSettings
-from offpath.emitter.sink import EventSink, ExportResult
+from offpath.emitter.sink import CallLatencies, EventSink, ExportResult
 from offpath.emitter.spool import Spool
 from offpath.kit.logs import configure_logging
 from offpath.v1 import analytics_pb2
@@ -85,12 +85,14 @@ class _Counters:
     replay_dropped: int = 0
     spool_corrupt: int = 0
     burst_max_ns: int = 0
+    latencies: CallLatencies = dataclasses.field(default_factory=CallLatencies)
 
     def add(self, result: ExportResult) -> None:
         self.sent += result.sent
         self.requests += result.requests
         self.retries += result.retries
         self.dropped.update(result.dropped)
+        self.latencies.add(result.latencies)
 
 
 class SenderProcess:
@@ -310,6 +312,7 @@ class SenderProcess:
         self._counters.replayed += result.sent
         self._counters.requests += result.requests
         self._counters.retries += result.retries
+        self._counters.latencies.add(result.latencies)
         failed = result.dropped["send_failed"]
         self._counters.replay_dropped += sum(result.dropped.values()) - failed
         if failed:
@@ -345,6 +348,7 @@ class SenderProcess:
             "replayed": counters.replayed,
             "replay_dropped": counters.replay_dropped,
             "spool_corrupt": counters.spool_corrupt,
+            "latencies": counters.latencies.as_dict(),
             **extra,
         }
         try:

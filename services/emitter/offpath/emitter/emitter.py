@@ -27,7 +27,7 @@ import structlog
 from offpath.emitter.record import EventRecord
 from offpath.emitter.sender import Sender, SenderThread
 from offpath.emitter.settings import EmitterSettings
-from offpath.emitter.sink import EventSink
+from offpath.emitter.sink import CallLatencies, EventSink
 
 log = structlog.get_logger("offpath.emitter")
 
@@ -51,6 +51,8 @@ class EmitterStats:
     dropped: Counter[str] = field(default_factory=Counter)
     spooled: int = 0
     replayed: int = 0
+    # How long the SQS calls took.
+    latencies: CallLatencies = field(default_factory=CallLatencies)
 
     @property
     def emitted(self) -> int:
@@ -67,6 +69,7 @@ class EmitterStats:
             Counter(dict.copy(self.dropped)),
             self.spooled,
             self.replayed,
+            self.latencies.copy(),
         )
 
     def as_dict(self) -> dict[str, object]:
@@ -287,4 +290,5 @@ class Emitter(EmitterLifecycle):
                 self._stats.sent += result.sent
                 self._stats.requests += result.requests
                 self._stats.retries += result.retries
+                self._stats.latencies.add(result.latencies)
                 self._stats.dropped.update(result.dropped)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from offpath.emitter.base import EventEmitter
-from offpath.kit.metrics import Sample
+from offpath.emitter.sink import CALL_BUCKETS_S
+from offpath.kit.metrics import HistogramSample, Sample
 
 # Every reason an event can be dropped for, so each series exists from the
 # start at 0 (a rate() over a series that appears mid-way misses its start).
@@ -26,7 +27,7 @@ DROP_REASONS = (
 )
 
 
-def emitter_samples(emitter: EventEmitter) -> list[Sample]:
+def emitter_samples(emitter: EventEmitter) -> list[Sample | HistogramSample]:
     """Every emitted event is enqueued or dropped; every enqueued one is
     eventually sent, dropped or spooled: the counters add up."""
     stats = emitter.stats
@@ -71,6 +72,13 @@ def emitter_samples(emitter: EventEmitter) -> list[Sample]:
             "SendMessageBatch calls that resent something.",
             "counter",
             {(): stats.retries},
+        ),
+        HistogramSample(
+            "offpath_emitter_sqs_request_duration_seconds",
+            "SendMessageBatch calls by how long they took, failed ones included.",
+            CALL_BUCKETS_S,
+            tuple(stats.latencies.counts),
+            stats.latencies.sum_ns / 1e9,
         ),
         Sample(
             "offpath_emitter_buffered_events",

@@ -44,6 +44,7 @@ from offpath.emitter.emitter import EmitterLifecycle, EmitterStats
 from offpath.emitter.frames import FrameError, FrameReader, control_frame, decode, record_frame
 from offpath.emitter.record import EventRecord
 from offpath.emitter.settings import ENV_SPOOL_DIR, EmitterSettings
+from offpath.emitter.sink import CallLatencies
 from offpath.kit.backoff import Backoff
 from offpath.kit.settings import SettingsError
 
@@ -69,6 +70,7 @@ class _Tally:
     dropped: Counter[str] = field(default_factory=Counter)
     spooled: int = 0
     replayed: int = 0
+    latencies: CallLatencies = field(default_factory=CallLatencies)
 
     def add(self, other: _Tally) -> None:
         self.received += other.received
@@ -78,6 +80,7 @@ class _Tally:
         self.dropped.update(other.dropped)
         self.spooled += other.spooled
         self.replayed += other.replayed
+        self.latencies.add(other.latencies)
 
 
 @dataclass
@@ -258,6 +261,7 @@ class ProcessEmitter(EmitterLifecycle):
             dropped=dropped,
             spooled=tally.spooled,
             replayed=tally.replayed,
+            latencies=tally.latencies,
         )
 
     @property
@@ -434,6 +438,7 @@ class ProcessEmitter(EmitterLifecycle):
             dropped=Counter(report.get("dropped", {})),
             spooled=int(report.get("spooled", 0)),
             replayed=int(report.get("replayed", 0)),
+            latencies=CallLatencies.from_dict(report.get("latencies")),
         )
         state.buffered = int(report.get("buffered", 0))
         if report.get("final"):

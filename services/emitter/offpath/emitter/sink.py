@@ -2,12 +2,56 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
 from offpath.v1 import analytics_pb2
+
+# Seconds: the buckets of the backend call latency histogram (an SQS call
+# takes a few ms in region, seconds when it is in trouble).
+CALL_BUCKETS_S: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_BOUNDS_NS: Final = tuple(int(b * 1e9) for b in CALL_BUCKETS_S)
+
+
+@dataclass(slots=True)
+class CallLatencies:
+    """How long backend calls took, as histogram counts: one per bucket of
+    ``CALL_BUCKETS_S`` (a call is counted in the first bucket it fits), then
+    one for longer calls, and their total in nanoseconds."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(_BOUNDS_NS) + 1))
+    sum_ns: int = 0
+
+    def observe(self, elapsed_ns: int) -> None:
+        self.counts[bisect_left(_BOUNDS_NS, elapsed_ns)] += 1
+        self.sum_ns += elapsed_ns
+
+    def add(self, other: CallLatencies) -> None:
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.sum_ns += other.sum_ns
+
+    def copy(self) -> CallLatencies:
+        return CallLatencies(list(self.counts), self.sum_ns)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"counts": list(self.counts), "sum_ns": self.sum_ns}
+
+    @classmethod
+    def from_dict(cls, data: object) -> CallLatencies:
+        """From :meth:`as_dict`'s form (a sender's report); empty if malformed."""
+        if isinstance(data, dict):
+            counts, sum_ns = data.get("counts"), data.get("sum_ns")
+            if (
+                isinstance(counts, list)
+                and len(counts) == len(_BOUNDS_NS) + 1
+                and all(isinstance(c, int) for c in counts)
+                and isinstance(sum_ns, int)
+            ):
+                return cls(list(counts), sum_ns)
+        return cls()
 
 
 @dataclass(slots=True)
@@ -22,6 +66,8 @@ class ExportResult:
     requests: int = 0  # calls made to the backend, retries included
     retries: int = 0  # calls that resent something that failed before
     unsent: list[analytics_pb2.AnalyticsEvent] = field(default_factory=list)
+    # How long each call to the backend took, failed ones included.
+    latencies: CallLatencies = field(default_factory=CallLatencies)
 
     def merge(self, other: ExportResult) -> None:
         self.sent += other.sent
@@ -29,6 +75,7 @@ class ExportResult:
         self.requests += other.requests
         self.retries += other.retries
         self.unsent.extend(other.unsent)
+        self.latencies.add(other.latencies)
 
 
 class EventSink(Protocol):

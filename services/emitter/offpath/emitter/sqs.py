@@ -203,9 +203,13 @@ class SqsSink:
                 client = self._client or self._connect()
                 url = self._queue_url or self._resolve(client)
                 result.requests += 1
-                response = client.send_message_batch(
-                    QueueUrl=url, Entries=[item.entry for item in pending.values()]
-                )
+                called = time.perf_counter_ns()
+                try:
+                    response = client.send_message_batch(
+                        QueueUrl=url, Entries=[item.entry for item in pending.values()]
+                    )
+                finally:
+                    result.latencies.observe(time.perf_counter_ns() - called)
             except (BotoCoreError, ClientError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
             else:

@@ -22,7 +22,12 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import structlog
 from prometheus_client import GCCollector, ProcessCollector, make_wsgi_app
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -46,9 +51,31 @@ class Sample:
     labels: tuple[str, ...] = ()
 
 
-def families(samples: Iterable[Sample]) -> Iterator[Metric]:
+@dataclass(frozen=True, slots=True)
+class HistogramSample:
+    """A histogram without labels: a count per bucket (``bounds``, in the
+    metric's unit, then +Inf), not cumulative, and the observations' sum."""
+
+    name: str
+    help: str
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]
+    sum: float
+
+
+def families(samples: Iterable[Sample | HistogramSample]) -> Iterator[Metric]:
     """Prometheus metric families for ``samples``."""
     for sample in samples:
+        if isinstance(sample, HistogramSample):
+            histogram = HistogramMetricFamily(sample.name, sample.help)
+            running, buckets = 0, []
+            edges = (*(repr(float(b)) for b in sample.bounds), "+Inf")
+            for edge, count in zip(edges, sample.counts, strict=True):
+                running += count
+                buckets.append((edge, float(running)))
+            histogram.add_metric([], buckets, sample.sum)
+            yield histogram
+            continue
         family: CounterMetricFamily | GaugeMetricFamily
         if sample.kind == "counter":
             family = CounterMetricFamily(sample.name, sample.help, labels=sample.labels)
@@ -62,7 +89,7 @@ def families(samples: Iterable[Sample]) -> Iterator[Metric]:
 class CallbackCollector(Collector):
     """Builds metric families from ``read()`` at every scrape."""
 
-    def __init__(self, read: Callable[[], Iterable[Sample]]) -> None:
+    def __init__(self, read: Callable[[], Iterable[Sample | HistogramSample]]) -> None:
         self._read = read
 
     def collect(self) -> Iterable[Metric]:
@@ -205,7 +232,7 @@ class MetricsEndpoint:
 def serve_metrics(
     host: str,
     port: int,
-    read: Callable[[], Iterable[Sample]],
+    read: Callable[[], Iterable[Sample | HistogramSample]],
     *,
     event: str = "metrics_started",
     extra: Iterable[Collector] = (),
