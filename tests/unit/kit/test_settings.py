@@ -378,6 +378,8 @@ class TestIngestSettings:
             table="events-table",
             queue_url="http://localhost:4566/000000000000/q",
             dlq_url="http://localhost:4566/000000000000/q-dead",
+            # The rollup table's name follows the events table's.
+            rollup_table="events-table-rollups",
             pollers=8,
         )
 
