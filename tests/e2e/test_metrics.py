@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import urllib.request
 
+import grpc
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from offpath.client import OffpathClient
@@ -83,3 +85,23 @@ def test_query_rpcs_and_the_process_are_measured(stack: DevStack, client: Offpat
     names = {name for name, _, _ in samples}
     assert "grpc_server_handling_seconds_bucket" in names
     assert {"process_cpu_seconds_total", "process_resident_memory_bytes"} <= names
+
+
+def test_ingest_read_api_rpcs_are_measured(stack: DevStack, client: OffpathClient) -> None:
+    """AnalyticsIngest counts its read API's RPCs by status code too: a GetEvent for an
+    unknown id is one NOT_FOUND."""
+
+    def not_found(samples: list[tuple[str, dict[str, str], float]]) -> float:
+        return sum(
+            value
+            for name, labels, value in samples
+            if name == "grpc_server_handled_total"
+            and labels.get("grpc_method") == "GetEvent"
+            and labels.get("grpc_code") == "NOT_FOUND"
+        )
+
+    before = not_found(_text(stack, "ingest"))
+    with pytest.raises(grpc.RpcError) as raised:
+        client.get_event("0190a3c4-1234-7abc-8def-0123456789ab")
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    assert not_found(_text(stack, "ingest")) - before == 1

@@ -23,6 +23,7 @@ from offpath.ingest.settings import IngestSettings
 from offpath.ingest.store import EventStore
 from offpath.kit import aws
 from offpath.kit.metrics import MetricsEndpoint
+from offpath.kit.rpcmetrics import RpcMetrics
 from offpath.kit.server import run_service, serve
 from offpath.v1 import ingest_pb2_grpc
 
@@ -52,7 +53,10 @@ async def run(settings: IngestSettings, stop_event: asyncio.Event | None = None)
     )
     stop = threading.Event()
     server = settings.server
-    metrics = MetricsEndpoint(server.host, server.metrics_port, IngestCollector(consumer))
+    rpc_metrics = RpcMetrics()
+    metrics = MetricsEndpoint(
+        server.host, server.metrics_port, IngestCollector(consumer), extra=[rpc_metrics]
+    )
     metrics.start()
     # A daemon thread (as are the pollers it starts): a long poll in flight
     # must not hold the process past its shutdown deadline.
@@ -78,6 +82,7 @@ async def run(settings: IngestSettings, stop_event: asyncio.Event | None = None)
         server,
         service_names=[SERVICE_NAME],
         add_servicers=add,
+        interceptors=[rpc_metrics.interceptor],
         on_started=started,
         on_stopped=stopped,
         stop_event=stop_event,
