@@ -153,6 +153,14 @@ class Phase:
     # at nice 19 it delayed the generator enough to double Query p99. Only
     # the freshness phase, which measures ingest, keeps it running.
     pause_ingest: bool = True
+    # Whether the events of this phase's runs are kept for AnalyticsIngest.
+    # Throughput phases emit tens of thousands of events a run, which the
+    # local endpoint ingests at a few hundred a second (one conditional
+    # write per event, on a core it shares): left in the queue, they would
+    # delay the freshness phase's events behind them and slow the local SQS
+    # down (its cost grows with the queue). Their runs measure nothing
+    # downstream, so the queue is purged after each.
+    keep_events: bool = True
 
     @property
     def closed(self) -> bool:
@@ -218,8 +226,15 @@ PROFILES = {
                     8.0,
                     rate=200.0,
                 ),
-                Phase("max_qps", ("off", *_SENDERS, _ONE_CORE, _TRAILER), 1.0, 3.0, concurrency=32),
-                Phase("at_max", ("off", *_SENDERS), 1.0, 5.0),
+                Phase(
+                    "max_qps",
+                    ("off", *_SENDERS, _ONE_CORE, _TRAILER),
+                    1.0,
+                    3.0,
+                    concurrency=32,
+                    keep_events=False,
+                ),
+                Phase("at_max", ("off", *_SENDERS), 1.0, 5.0, keep_events=False),
                 Phase("contrast", ("off", "blocking"), 1.0, 4.0, rate=50.0),
                 Phase(
                     "freshness",
@@ -232,7 +247,7 @@ PROFILES = {
                 # Closed loop on the bare echo server and its layers: CPU
                 # per request of each of offpath's pieces, with nothing else
                 # in the server to hide it.
-                Phase("cost", _ECHO_LAYERS, 1.0, 3.0, concurrency=32),
+                Phase("cost", _ECHO_LAYERS, 1.0, 5.0, concurrency=32, keep_events=False),
             ),
             unpinned_phases=(
                 Phase("latency", ("off", "background"), 2.0, 8.0, rate=200.0),
@@ -246,6 +261,7 @@ PROFILES = {
                     3.0,
                     concurrency=32,
                     channels=8,
+                    keep_events=False,
                 ),
             ),
         ),
@@ -254,8 +270,10 @@ PROFILES = {
             rounds=2,
             phases=(
                 Phase("latency", ("off", *_SENDERS, *_FAULTS), 0.5, 2.0, rate=200.0),
-                Phase("max_qps", ("off", "background"), 0.5, 1.5, concurrency=32),
-                Phase("at_max", ("off", "background"), 0.5, 1.5),
+                Phase(
+                    "max_qps", ("off", "background"), 0.5, 1.5, concurrency=32, keep_events=False
+                ),
+                Phase("at_max", ("off", "background"), 0.5, 1.5, keep_events=False),
                 Phase("freshness", ("background",), 0.5, 2.0, rate=200.0, pause_ingest=False),
             ),
             unpinned_phases=(),
@@ -266,8 +284,8 @@ PROFILES = {
             rounds=1,
             phases=(
                 Phase("latency", ("off", "background", *_FAULTS), 0.3, 1.0, rate=100.0),
-                Phase("max_qps", ("off", "background"), 0.3, 1.0, concurrency=8),
-                Phase("at_max", ("off", "background"), 0.3, 1.0),
+                Phase("max_qps", ("off", "background"), 0.3, 1.0, concurrency=8, keep_events=False),
+                Phase("at_max", ("off", "background"), 0.3, 1.0, keep_events=False),
                 Phase("freshness", ("background",), 0.3, 1.0, rate=100.0, pause_ingest=False),
             ),
             unpinned_phases=(),

@@ -43,7 +43,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import boto3
 import grpc
+from botocore.exceptions import BotoCoreError, ClientError
 
 from offpath.bench import procs
 from offpath.bench.goals import CORE_SHARED, GENERATOR_LATE, GENERATOR_SATURATED
@@ -74,6 +76,7 @@ from offpath.client.load import (
 from offpath.dev.stack import DevStack, StartError
 from offpath.emitter.settings import ENV_SENDER
 from offpath.kit.logs import read_log
+from offpath.kit.sqs import QueueNames
 
 # Other work on the serving core above this share of the window disturbs a run.
 FOREIGN_SHARE_LIMIT = 0.10
@@ -511,6 +514,8 @@ class ModeRunner:
         code = self.stack.stop_child(name)
         if variant.proxy is not None:
             self.stack.stop_child(proxy_name)
+        if not phase.keep_events and (variant.analytics or variant.delivers):
+            self._purge_queue()
         clock.append(time.monotonic())
 
         log_path = self.log_dir / f"{name}.log"
@@ -544,7 +549,12 @@ class ModeRunner:
             self._learn_default(run["server"].get("emitter", {}).get("sender"))
         if (sqs := _sqs_fields(counters, run["server"].get("emitter") or {})) is not None:
             run["sqs"] = sqs
-        if isinstance(load, LoadResult) and variant.delivers and load.event_ids:
+        if (
+            isinstance(load, LoadResult)
+            and variant.delivers
+            and load.event_ids
+            and phase.keep_events
+        ):
             assert self._client is not None
             if variant.freshness and phase.name == "freshness":
                 run["freshness"] = _freshness(
@@ -715,6 +725,23 @@ class ModeRunner:
             yield
         finally:
             process.send_signal(signal.SIGCONT)
+
+    def _purge_queue(self) -> None:
+        """Drop what the run left in the events queue (see Phase.keep_events)."""
+        env = self.stack.aws_env()
+        sqs = boto3.client(
+            "sqs",
+            region_name=env["AWS_REGION"],
+            endpoint_url=env["AWS_ENDPOINT_URL"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        )
+        names = QueueNames.from_env(os.environ)
+        try:
+            url = sqs.get_queue_url(QueueName=names.queue)["QueueUrl"]
+            sqs.purge_queue(QueueUrl=url)
+        except (BotoCoreError, ClientError) as exc:
+            print(f"  could not purge the events queue: {exc}", file=sys.stderr)
 
     def _settle(self, last_event_id: str) -> None:
         """Wait until the run's last event is readable, so the ingest side has
