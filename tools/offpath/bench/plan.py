@@ -153,13 +153,15 @@ class Phase:
     # at nice 19 it delayed the generator enough to double Query p99. Only
     # the freshness phase, which measures ingest, keeps it running.
     pause_ingest: bool = True
-    # Whether the events of this phase's runs are kept for AnalyticsIngest.
-    # Throughput phases emit tens of thousands of events a run, which the
-    # local endpoint ingests at a few hundred a second (one conditional
-    # write per event, on a core it shares): left in the queue, they would
-    # delay the freshness phase's events behind them and slow the local SQS
-    # down (its cost grows with the queue). Their runs measure nothing
-    # downstream, so the queue is purged after each.
+    # Whether the events of this phase's runs go to the events queue, for
+    # AnalyticsIngest. Throughput phases emit tens of thousands of events a
+    # run, which the local endpoint ingests at a few hundred a second (one
+    # conditional write per event, on a core it shares): queued, they would
+    # hold the freshness phase's events behind a backlog, keep the endpoint
+    # busy for minutes after, and slow the local SQS down (its cost grows
+    # with the queue). Their runs measure nothing downstream, so each sends
+    # to a scratch queue of its own, deleted after the run (PurgeQueue is
+    # allowed once a minute).
     keep_events: bool = True
 
     @property

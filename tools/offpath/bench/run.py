@@ -41,7 +41,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import grpc
@@ -76,7 +76,9 @@ from offpath.client.load import (
 from offpath.dev.stack import DevStack, StartError
 from offpath.emitter.settings import ENV_SENDER
 from offpath.kit.logs import read_log
-from offpath.kit.sqs import QueueNames
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
 
 # Other work on the serving core above this share of the window disturbs a run.
 FOREIGN_SHARE_LIMIT = 0.10
@@ -459,6 +461,12 @@ class ModeRunner:
             "OFFPATH_PRODUCER_ID": f"bench-{self.mode}-{self._seq}-{variant.name}",
             "OFFPATH_LOOP_LAG_SAMPLE_MS": SERVER_LOOP_LAG_SAMPLE_MS,
         }
+        scratch = None
+        if not phase.keep_events and (variant.analytics or variant.delivers):
+            scratch = self._scratch_queue(f"offpath-bench-scratch-{self._seq}.fifo")
+            if scratch is not None:
+                env["OFFPATH_SQS_QUEUE_NAME"] = scratch[0]
+                env.pop("OFFPATH_SQS_QUEUE_URL", None)
         what = f"{phase.concurrency} in flight" if phase.closed else f"{phase.rate:g} req/s"
         if phase.closed and phase.channels > 1:
             what += f" over {phase.channels} connections"
@@ -514,8 +522,8 @@ class ModeRunner:
         code = self.stack.stop_child(name)
         if variant.proxy is not None:
             self.stack.stop_child(proxy_name)
-        if not phase.keep_events and (variant.analytics or variant.delivers):
-            self._purge_queue()
+        if scratch is not None:
+            self._drop_queue(scratch[1])
         clock.append(time.monotonic())
 
         log_path = self.log_dir / f"{name}.log"
@@ -726,22 +734,35 @@ class ModeRunner:
         finally:
             process.send_signal(signal.SIGCONT)
 
-    def _purge_queue(self) -> None:
-        """Drop what the run left in the events queue (see Phase.keep_events)."""
+    def _sqs(self) -> SQSClient:
         env = self.stack.aws_env()
-        sqs = boto3.client(
+        client: SQSClient = boto3.client(
             "sqs",
             region_name=env["AWS_REGION"],
             endpoint_url=env["AWS_ENDPOINT_URL"],
             aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
         )
-        names = QueueNames.from_env(os.environ)
+        return client
+
+    def _scratch_queue(self, name: str) -> tuple[str, str] | None:
+        """A queue of the run's own, which nothing reads (see Phase.keep_events):
+        its name and URL, or None (the run then uses the events queue)."""
         try:
-            url = sqs.get_queue_url(QueueName=names.queue)["QueueUrl"]
-            sqs.purge_queue(QueueUrl=url)
+            url = self._sqs().create_queue(
+                QueueName=name,
+                Attributes={"FifoQueue": "true", "ContentBasedDeduplication": "false"},
+            )["QueueUrl"]
         except (BotoCoreError, ClientError) as exc:
-            print(f"  could not purge the events queue: {exc}", file=sys.stderr)
+            print(f"  could not create a scratch queue: {exc}", file=sys.stderr)
+            return None
+        return name, url
+
+    def _drop_queue(self, url: str) -> None:
+        try:
+            self._sqs().delete_queue(QueueUrl=url)
+        except (BotoCoreError, ClientError) as exc:
+            print(f"  could not delete the scratch queue: {exc}", file=sys.stderr)
 
     def _settle(self, last_event_id: str) -> None:
         """Wait until the run's last event is readable, so the ingest side has
