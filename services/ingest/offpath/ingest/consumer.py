@@ -239,6 +239,52 @@ def event_problem(event: analytics_pb2.AnalyticsEvent) -> str | None:
     return None
 
 
+# Shared with offpath.ingest.lambda_handler: a message is taken apart and its
+# invalid events dead-lettered the same way whoever received it.
+
+
+def split_events(
+    batch: analytics_pb2.AnalyticsBatch,
+) -> tuple[list[analytics_pb2.AnalyticsEvent], list[tuple[analytics_pb2.AnalyticsEvent, str]]]:
+    """A decoded batch's events: those the store takes, and those it never
+    can, each with why (:func:`event_problem`)."""
+    valid: list[analytics_pb2.AnalyticsEvent] = []
+    invalid: list[tuple[analytics_pb2.AnalyticsEvent, str]] = []
+    for event in batch.events:
+        problem = event_problem(event)
+        if problem is None:
+            valid.append(event)
+        else:
+            invalid.append((event, problem))
+    return valid, invalid
+
+
+def invalid_events_letter(
+    dlq_url: str,
+    message_id: str,
+    batch: analytics_pb2.AnalyticsBatch,
+    invalid: Sequence[tuple[analytics_pb2.AnalyticsEvent, str]],
+) -> tuple[dict[str, Any], str]:
+    """The ``SendMessage`` request that dead-letters the invalid events of
+    SQS message ``message_id`` as a batch of their own, and its reason."""
+    letter = analytics_pb2.AnalyticsBatch(
+        batch_id=new_id(),
+        producer_id=batch.producer_id,
+        events=[event for event, _ in invalid],
+    )
+    letter.created_at.GetCurrentTime()
+    reason = "invalid events: " + "; ".join(problem for _, problem in invalid)
+    request = dead_letter_message(
+        dlq_url,
+        body=encode_batch(letter),
+        attributes=MESSAGE_ATTRIBUTES,
+        reason=reason,
+        # Stable across redeliveries, so a FIFO DLQ keeps one copy.
+        source_id=f"{message_id}-invalid",
+    )
+    return request, reason
+
+
 def _equal_jitter(backoff: Backoff, attempt: int) -> float:
     """Half the attempt's ceiling plus a random half: spread out, never short."""
     return backoff.ceiling(attempt) / 2 + backoff.delay(attempt) / 2
@@ -599,14 +645,7 @@ class _Poller:
                 if self._dead_letter_message(message, poison.reason):
                     handled.append(message)
                 continue
-            item = _Decoded(message, batch)
-            for event in batch.events:
-                problem = event_problem(event)
-                if problem is None:
-                    item.valid.append(event)
-                else:
-                    item.invalid.append((event, problem))
-            decoded.append(item)
+            decoded.append(_Decoded(message, batch, *split_events(batch)))
 
         events = sum(len(d.valid) for d in decoded)
         ingested_ns = self._c.clock_ns()
@@ -702,48 +741,35 @@ class _Poller:
     # -- dead letters --------------------------------------------------------
 
     def _dead_letter_message(self, message: dict[str, Any], reason: str) -> bool:
-        ok = self._send_dead_letter(
-            message.get("Body", ""),
-            message.get("MessageAttributes", {}),
-            reason,
-            message["MessageId"],
+        _, dlq = self._c.urls()
+        request = dead_letter_message(
+            dlq,
+            body=message.get("Body", ""),
+            attributes=message.get("MessageAttributes", {}),
+            reason=reason,
+            source_id=message["MessageId"],
         )
+        ok = self._send_dead_letter(request, message["MessageId"])
         if ok:
             log.warning("message_dead_lettered", message_id=message["MessageId"], reason=reason)
         return ok
 
     def _dead_letter_events(self, decoded: _Decoded) -> bool:
-        batch = analytics_pb2.AnalyticsBatch(
-            batch_id=new_id(),
-            producer_id=decoded.batch.producer_id,
-            events=[event for event, _ in decoded.invalid],
-        )
-        batch.created_at.GetCurrentTime()
-        reason = "invalid events: " + "; ".join(problem for _, problem in decoded.invalid)
-        ok = self._send_dead_letter(
-            encode_batch(batch),
-            MESSAGE_ATTRIBUTES,
-            reason,
-            # Stable across redeliveries, so a FIFO DLQ keeps one copy.
-            f"{decoded.message['MessageId']}-invalid",
-        )
+        _, dlq = self._c.urls()
+        message_id = decoded.message["MessageId"]
+        request, reason = invalid_events_letter(dlq, message_id, decoded.batch, decoded.invalid)
+        ok = self._send_dead_letter(request, f"{message_id}-invalid")
         if ok:
             self.stats.invalid_events += len(decoded.invalid)
             log.warning(
                 "events_dead_lettered",
-                message_id=decoded.message["MessageId"],
+                message_id=message_id,
                 events=len(decoded.invalid),
                 reason=reason[:MAX_REASON_CHARS],
             )
         return ok
 
-    def _send_dead_letter(
-        self, body: str, attributes: Mapping[str, Any], reason: str, source_id: str
-    ) -> bool:
-        _, dlq = self._c.urls()
-        request = dead_letter_message(
-            dlq, body=body, attributes=attributes, reason=reason, source_id=source_id
-        )
+    def _send_dead_letter(self, request: dict[str, Any], source_id: str) -> bool:
         try:
             self._c.sqs.send_message(**request)
         except (BotoCoreError, ClientError) as exc:
