@@ -408,7 +408,7 @@ class TestIngestSettings:
         ("name", "raw"),
         [
             (ingest.ENV_WAIT_S, "21"),
-            (ingest.ENV_POLLERS, "0"),
+            (ingest.ENV_POLLERS, "-1"),
             (ingest.ENV_POLLERS, "33"),
             (ingest.ENV_RETENTION_DAYS, "0"),
             (ingest.ENV_TIME_SHARDS, "65"),

@@ -6,6 +6,10 @@ every poller finishes the messages in hand, for up to the grace period; a
 poller still in a long poll is not waited for (what that poll brings is
 handed back). A message received but not finished becomes visible again
 after its visibility timeout, so nothing is lost.
+
+With ``OFFPATH_INGEST_POLLERS=0`` it serves the read API alone and makes no
+SQS call: the queue is consumed elsewhere (the Lambda function,
+:mod:`offpath.ingest.lambda_handler`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from offpath.v1 import ingest_pb2_grpc
 
 log = structlog.get_logger("offpath.ingest")
 
+CONSUMER_THREAD = "offpath-ingest-consumer"
+
 
 async def run(settings: IngestSettings, stop_event: asyncio.Event | None = None) -> None:
     # One connection per poller beside the read API's (botocore's pool is 10).
@@ -41,28 +47,28 @@ async def run(settings: IngestSettings, stop_event: asyncio.Event | None = None)
         retention_days=settings.retention_days,
         bucket_s=settings.rollup_bucket_minutes * 60,
     )
-    consumer = Consumer(
-        # Long polls hold a connection for wait_s; the read timeout must outlast it.
-        aws.sqs_client(
-            aws.client_config(read_timeout=settings.wait_s + 10, max_pool_connections=pool)
-        ),
-        store,
-        Queues(settings.queues, settings.queue_url, settings.dlq_url),
-        wait_seconds=settings.wait_s,
-        pollers=settings.pollers,
-    )
+    consumer: Consumer | None = None
+    if settings.pollers:
+        consumer = Consumer(
+            # Long polls hold a connection for wait_s; the read timeout must outlast it.
+            aws.sqs_client(
+                aws.client_config(read_timeout=settings.wait_s + 10, max_pool_connections=pool)
+            ),
+            store,
+            Queues(settings.queues, settings.queue_url, settings.dlq_url),
+            wait_seconds=settings.wait_s,
+            pollers=settings.pollers,
+        )
     stop = threading.Event()
     server = settings.server
     rpc_metrics = RpcMetrics()
     metrics = MetricsEndpoint(
-        server.host, server.metrics_port, IngestCollector(consumer), extra=[rpc_metrics]
+        server.host,
+        server.metrics_port,
+        rpc_metrics,
+        extra=[] if consumer is None else [IngestCollector(consumer)],
     )
     metrics.start()
-    # A daemon thread (as are the pollers it starts): a long poll in flight
-    # must not hold the process past its shutdown deadline.
-    thread = threading.Thread(
-        target=consumer.run, args=(stop,), name="offpath-ingest-consumer", daemon=True
-    )
 
     def add(grpc_server: grpc.aio.Server) -> None:
         ingest_pb2_grpc.add_AnalyticsIngestServicer_to_server(
@@ -70,11 +76,18 @@ async def run(settings: IngestSettings, stop_event: asyncio.Event | None = None)
         )
 
     async def started() -> None:
-        thread.start()
+        if consumer is None:
+            log.info("consumer_off", detail="OFFPATH_INGEST_POLLERS=0: read API only")
+            return
+        # A daemon thread (as are the pollers it starts): a long poll in
+        # flight must not hold the process past its shutdown deadline.
+        threading.Thread(
+            target=consumer.run, args=(stop,), name=CONSUMER_THREAD, daemon=True
+        ).start()
 
     async def stopped() -> None:
         stop.set()
-        if not await asyncio.to_thread(consumer.drain, server.grace_s):
+        if consumer is not None and not await asyncio.to_thread(consumer.drain, server.grace_s):
             log.warning("consumer_still_processing", detail="exiting; its messages reappear")
         metrics.stop()
 

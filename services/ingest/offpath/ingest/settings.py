@@ -34,8 +34,11 @@ DEFAULT_TABLE_NAME = "offpath-events"
 # wait for a poll in flight (what it brings is handed back).
 _DEFAULT_WAIT_S = 20
 # Each poller long-polls and writes on its own thread; more of them drain a
-# backlog faster when DynamoDB, not the one CPU, is the limit.
+# backlog faster when DynamoDB, not the one CPU, is the limit. 0 runs the
+# read API alone: something else consumes the queue (the Lambda function,
+# offpath.ingest.lambda_handler, deployed with IngestMode=lambda).
 _DEFAULT_POLLERS = 1
+READ_ONLY_POLLERS = 0
 _MAX_POLLERS = 32
 _DEFAULT_RETENTION_DAYS = 30
 # Changing it re-partitions the time index for new writes only: keep it
@@ -111,5 +114,7 @@ class IngestSettings:
             dlq_url=env_optional_str(env, ENV_DLQ_URL),
             rollup_table=rollup_table_name_from_env(env),
             rollup_bucket_minutes=_bucket_minutes(env),
-            pollers=env_int(env, ENV_POLLERS, _DEFAULT_POLLERS, minimum=1, maximum=_MAX_POLLERS),
+            pollers=env_int(
+                env, ENV_POLLERS, _DEFAULT_POLLERS, minimum=READ_ONLY_POLLERS, maximum=_MAX_POLLERS
+            ),
         )
