@@ -2,13 +2,16 @@
 (Dockerfile.dockerignore) against pyproject.toml, requirements.lock and the
 services' settings: the runtime venv holds the project and its declared
 dependencies only, code generation tools stay in the builder, each target
-runs its service on the settings' default ports as a non-root user, and the
-build context admits what is copied and nothing else, no development tool
-(tools/) in particular.
+runs its service on the settings' default ports as a non-root user, the
+lambda target adds exactly the lambda extra beside that venv and runs the
+Lambda handler through the runtime interface client, and the build context
+admits what is copied and nothing else, no development tool (tools/) in
+particular.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import tomllib
@@ -34,6 +37,9 @@ from .manifests import (
 
 RUNTIME_VENV = "/opt/venv"
 CODEGEN_VENV = "/opt/codegen"
+# The lambda target's runtime interface client and its dependencies.
+LAMBDA_DIR = "/opt/lambda"
+LAMBDA_HANDLER = "offpath.ingest.lambda_handler.handler"
 # The folders of development tools' packages, wherever they would be put.
 DEV_PACKAGE = re.compile(r"(^|/)offpath/(dev|bench|testing)(/|$)")
 
@@ -92,6 +98,12 @@ def service_requirements() -> set[str]:
     client's) and its services extra."""
     project = pyproject()["project"]
     specs = [*project["dependencies"], *project["optional-dependencies"]["services"]]
+    return {requirement_name(spec) for spec in specs}
+
+
+def lambda_requirements() -> set[str]:
+    """What the lambda image adds to the services' venv: the lambda extra."""
+    specs = pyproject()["project"]["optional-dependencies"]["lambda"]
     return {requirement_name(spec) for spec in specs}
 
 
@@ -171,7 +183,7 @@ class TestDependencies:
         elsewhere = {
             name: commands
             for name, stage in stages.items()
-            if name != "builder" and (commands := list(pip_commands(stage)))
+            if name not in ("builder", "lambda-builder") and (commands := list(pip_commands(stage)))
         }
         assert not elsewhere, elsewhere
         commands = list(pip_commands(stages["builder"]))
@@ -209,6 +221,42 @@ class TestDependencies:
             re.search(r"/opt/venv/bin/pip install --no-deps \.$", run) for run in builder.all("RUN")
         )
         assert dockerfile_stages()["runtime"].all("COPY") == ["--from=builder /opt/venv /opt/venv"]
+
+
+class TestLambdaTarget:
+    def test_lambda_builder_installs_exactly_the_lambda_extra(self) -> None:
+        """The lambda builder's one pip install puts pyproject.toml's lambda extra,
+        pinned by requirements.lock, into its own folder (never the runtime venv),
+        and nothing of development."""
+        stage = dockerfile_stages()["lambda-builder"]
+        assert stage.base == "builder"
+        ((program, args),) = list(pip_commands(stage))
+        assert program == f"{RUNTIME_VENV}/bin/pip"
+        assert args[:4] == ["--constraint", "requirements.lock", "--target", LAMBDA_DIR], args
+        installed = {normalize(name) for name in args[4:]}
+        assert installed == lambda_requirements() == {"awslambdaric"}
+        assert installed <= set(lock_pins()), installed - set(lock_pins())
+        assert not installed & service_requirements()
+
+    def test_lambda_image_is_the_runtime_plus_the_client(self) -> None:
+        """The lambda target is the runtime image (same venv, same non-root user)
+        with the client's folder copied in and on PYTHONPATH, and nothing else."""
+        stage = dockerfile_stages()["lambda"]
+        assert stage.base == "runtime"
+        assert stage.all("COPY") == [f"--from=lambda-builder {LAMBDA_DIR} {LAMBDA_DIR}"]
+        assert env_pairs(stage) == {"PYTHONPATH": LAMBDA_DIR}
+        assert stage.all("EXPOSE") == []
+        assert stage.all("USER") == []
+
+    def test_lambda_entry_point_runs_the_handler(self) -> None:
+        """The entry point is awslambdaric in exec form, and CMD names the
+        handler, a function of a module the image holds."""
+        stage = dockerfile_stages()["lambda"]
+        assert json.loads(stage.one("ENTRYPOINT")) == ["/opt/venv/bin/python", "-m", "awslambdaric"]
+        assert json.loads(stage.one("CMD")) == [LAMBDA_HANDLER]
+        module, _, function = LAMBDA_HANDLER.rpartition(".")
+        assert image_has_module(module), module
+        assert callable(getattr(importlib.import_module(module), function))
 
 
 class TestTargets:
