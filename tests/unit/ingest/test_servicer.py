@@ -385,6 +385,35 @@ class TestGetSummary:
         assert response.mean_processing_ms == pytest.approx(5.0)
         assert [(s.name, s.count) for s in response.top_skills] == [("Go", 2), ("Rust", 2)]
 
+    async def test_each_volume_bucket_has_its_own_percentiles(self, api: Api) -> None:
+        """Every volume bucket carries the p50/p95/p99 of its own events (within the
+        stated error), not the whole range's: a slow hour and a fast hour differ."""
+        rng = random.Random(11)
+        events = []
+        for hour, base_ms in ((0, 1), (2, 40)):
+            for i in range(100):
+                event = _event(_uuid(rng), DAY1 + hour * HOUR + i * NS)
+                # 1..100 times the base: p50 = 50x, p95 = 95x, p99 = 99x.
+                event.processing_time.FromNanoseconds((i + 1) * base_ms * 1_000_000)
+                events.append(event)
+        api.write(events)
+        response = await api.stub.GetSummary(
+            ingest_pb2.GetSummaryRequest(start_time=_ts(DAY1), end_time=_ts(DAY2))
+        )
+        error = response.processing_ms_relative_error
+        assert [b.start_time.ToNanoseconds() for b in response.volume] == [DAY1, DAY1 + 2 * HOUR]
+        for bucket, base_ms in zip(response.volume, (1, 40), strict=True):
+            assert bucket.event_count == 100
+            for got, factor in (
+                (bucket.p50_processing_ms, 50),
+                (bucket.p95_processing_ms, 95),
+                (bucket.p99_processing_ms, 99),
+            ):
+                assert got == pytest.approx(factor * base_ms, rel=error)
+        # The range's p99 is the slow hour's (about 3,960 ms): the fast hour's
+        # p99 (99 ms) is its own, not the range's.
+        assert response.volume[0].p99_processing_ms < response.p99_processing_ms / 10
+
     async def test_store_failure_is_unavailable(self, api: Api) -> None:
         """A failing query during a summary gives UNAVAILABLE, no traceback."""
         api.ddb.journal.inject("query", RuntimeError(SECRET))

@@ -270,6 +270,8 @@ class Totals:
     model_tokens: Counter[str] = field(default_factory=Counter)
     # bucket start (ns) -> (events, errors)
     volume: dict[int, list[int]] = field(default_factory=dict)
+    # bucket start (ns) -> that bucket's latency histogram (percentiles over time)
+    bucket_histograms: dict[int, Counter[int]] = field(default_factory=dict)
 
     def add_item(self, item: Mapping[str, Any], bucket_ns: int) -> None:
         """Add one rollup item (low-level AttributeValues) to the totals."""
@@ -283,6 +285,7 @@ class Totals:
         self.event_count += count
         self.processing_us += int(item.get("us", {}).get("N", "0"))
         errors = 0
+        bucket_histogram = self.bucket_histograms.setdefault(bucket_ns, Counter())
         for name, value in item.items():
             if "N" not in value:
                 continue
@@ -295,6 +298,7 @@ class Totals:
                 errors += amount
             elif kind == "h":
                 self.histogram[int(rest)] += amount
+                bucket_histogram[int(rest)] += amount
             elif kind == "s":
                 self.skills[rest] += amount
             elif kind == "mc":

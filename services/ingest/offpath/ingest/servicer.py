@@ -212,7 +212,14 @@ def summary_response(summary: Summary) -> ingest_pb2.GetSummaryResponse:
         ],
     )
     for start_ns, events, errors in summary.volume:
-        bucket = response.volume.add(event_count=events, error_count=errors)
+        p50, p95, p99 = summary.bucket_percentiles_ms.get(start_ns, (0.0, 0.0, 0.0))
+        bucket = response.volume.add(
+            event_count=events,
+            error_count=errors,
+            p50_processing_ms=p50,
+            p95_processing_ms=p95,
+            p99_processing_ms=p99,
+        )
         bucket.start_time.FromNanoseconds(start_ns)
     response.bucket_width.FromSeconds(summary.bucket_s)
     response.covered_start_time.FromNanoseconds(summary.covered_start_ns)

@@ -147,6 +147,8 @@ class Summary:
     models: list[tuple[str, int, int]] = field(default_factory=list)
     # (bucket start ns, events, errors), oldest first
     volume: list[tuple[int, int, int]] = field(default_factory=list)
+    # bucket start ns -> that bucket's (p50, p95, p99) in ms, as percentiles_ms
+    bucket_percentiles_ms: dict[int, tuple[float, float, float]] = field(default_factory=dict)
     bucket_s: int = 3600
     covered_start_ns: int = 0
     covered_end_ns: int = 0
@@ -663,6 +665,14 @@ def _summary(totals: rollups.Totals, bucket_s: int, start: int, end: int, reads:
             for model, events in _top(totals.model_events, n=len(totals.model_events))
         ],
         volume=[(b, v[0], v[1]) for b, v in sorted(totals.volume.items())],
+        bucket_percentiles_ms={
+            b: (
+                rollups.percentile_ms(h, 0.5),
+                rollups.percentile_ms(h, 0.95),
+                rollups.percentile_ms(h, 0.99),
+            )
+            for b, h in totals.bucket_histograms.items()
+        },
         bucket_s=bucket_s,
         covered_start_ns=start,
         covered_end_ns=rollups.bucket_start_ns(end - 1, bucket_s) + bucket_s * _NS_PER_S,
