@@ -1,7 +1,8 @@
 """The CloudFormation template's resources (deploy/aws/offpath.yaml) against
 the code: its queues are the ones set-up (offpath.dev.bootstrap) creates, its
 table has the schema the store (offpath.ingest.store) owns, its default names
-are the ones the services use, and cfn-lint accepts it.
+are the ones the services use, the ingest Lambda function (IngestMode=lambda)
+is wired to the queue as the handler expects, and cfn-lint accepts it.
 
 Bootstrap runs against the shared in-memory fakes (offpath.testing), typed as
 boto3's clients, so nothing here needs AWS. The IAM policies are in
@@ -21,9 +22,10 @@ import pytest
 
 from offpath.dev import bootstrap
 from offpath.dev.bootstrap import ResourceNames
+from offpath.ingest import settings as ingest_settings
 from offpath.ingest import store
 from offpath.ingest.settings import DEFAULT_TABLE_NAME, IngestSettings
-from offpath.kit.sqs import QueueNames
+from offpath.kit.sqs import ENV_DLQ_NAME, ENV_QUEUE_NAME, QueueNames
 from offpath.query.settings import QuerySettings
 from offpath.testing.dynamodb import FakeDynamoDb
 from offpath.testing.sqs import FakeSqs
@@ -170,6 +172,74 @@ class TestTable:
         assert properties["SSESpecification"]["SSEEnabled"] is True
         assert cfn_resource("Table")["DeletionPolicy"] == "Retain"
         assert cfn_resource("Table")["UpdateReplacePolicy"] == "Retain"
+
+
+# Everything IngestMode=lambda adds, and nothing else depends on.
+LAMBDA_RESOURCES = (
+    "IngestLambdaLogGroup",
+    "IngestLambdaPolicy",
+    "IngestLambdaRole",
+    "IngestLambda",
+    "IngestEventSourceMapping",
+)
+
+
+class TestIngestLambda:
+    def test_only_lambda_mode_creates_it(self) -> None:
+        """IngestMode defaults to pod; the function, its role, policy, log group
+        and mapping (and its output) exist only under IngestByLambda, and the
+        mode needs the image parameter (a template rule)."""
+        doc = template()
+        mode = doc["Parameters"]["IngestMode"]
+        assert (mode["Default"], mode["AllowedValues"]) == ("pod", ["pod", "lambda"])
+        assert doc["Conditions"]["IngestByLambda"] == {
+            "Fn::Equals": [{"Ref": "IngestMode"}, "lambda"]
+        }
+        conditioned = {name for name, spec in doc["Resources"].items() if spec.get("Condition")}
+        assert conditioned == set(LAMBDA_RESOURCES)
+        assert all(cfn_resource(n)["Condition"] == "IngestByLambda" for n in LAMBDA_RESOURCES)
+        assert doc["Outputs"]["IngestLambdaName"]["Condition"] == "IngestByLambda"
+        rule = doc["Rules"]["LambdaNeedsItsImage"]
+        assert rule["RuleCondition"] == doc["Conditions"]["IngestByLambda"]
+        (assertion,) = rule["Assertions"]
+        assert assertion["Assert"] == {
+            "Fn::Not": [{"Fn::Equals": [{"Ref": "IngestLambdaImageUri"}, ""]}]
+        }
+
+    def test_mapping_feeds_the_queue_in_batches_with_item_failures(self) -> None:
+        """The event source mapping reads the events queue in batches of 10 (a
+        FIFO queue's most) and reads batchItemFailures back, which the handler
+        returns."""
+        mapping = cfn_properties("IngestEventSourceMapping")
+        assert mapping["EventSourceArn"] == {"Fn::GetAtt": ["Queue", "Arn"]}
+        assert mapping["FunctionName"] == {"Ref": "IngestLambda"}
+        assert mapping["BatchSize"] == 10
+        assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+
+    def test_function_fits_the_queue_and_reads_the_stacks_names(self) -> None:
+        """The function is the image parameter's, times out within the queue's
+        visibility timeout (Lambda requires it), and gets the stack's queue, DLQ
+        and table names in the variables the handler's settings read."""
+        function = cfn_properties("IngestLambda")
+        assert function["PackageType"] == "Image"
+        assert function["Code"] == {"ImageUri": {"Ref": "IngestLambdaImageUri"}}
+        assert "ImageConfig" not in function  # the image's CMD names the handler
+        assert function["Timeout"] <= bootstrap.VISIBILITY_TIMEOUT_SECONDS
+        assert function["Environment"]["Variables"] == {
+            ENV_QUEUE_NAME: {"Fn::GetAtt": ["Queue", "QueueName"]},
+            ENV_DLQ_NAME: {"Fn::GetAtt": ["DeadLetterQueue", "QueueName"]},
+            ingest_settings.ENV_TABLE_NAME: {"Ref": "Table"},
+            ingest_settings.ENV_ROLLUP_TABLE_NAME: {"Ref": "RollupTable"},
+        }
+
+    def test_logs_go_to_the_stacks_log_group(self) -> None:
+        """The log group is the one Lambda writes to for the function's name,
+        with a retention, so the role needs no logs:CreateLogGroup."""
+        name = cfn_properties("IngestLambda")["FunctionName"]
+        group = cfn_properties("IngestLambdaLogGroup")
+        assert name == {"Fn::Sub": "${AWS::StackName}-ingest"}
+        assert group["LogGroupName"] == {"Fn::Sub": "/aws/lambda/${AWS::StackName}-ingest"}
+        assert group["RetentionInDays"] > 0
 
 
 class TestTemplate:

@@ -9,7 +9,12 @@ EventTableClient for AnalyticsIngest; offpath.client.dlq.DlqClient for the
 operators' DLQ tool), and for the resources, the calls the store and the DLQ
 tool make on the shared in-memory fakes. Methods map to IAM actions through
 botocore's own service models. QueueDepthPolicy is KEDA's (its aws-sqs-queue
-scaler reads the queue depth), not our code's.
+scaler reads the queue depth), not our code's. IngestLambdaPolicy (IngestMode=
+lambda) is both: the grants of Lambda itself (the event source mapping's
+poller on the queue, the runtime's log lines) and exactly the calls the
+handler makes, checked against its module's source, its SQS client Protocol
+(offpath.ingest.lambda_handler.SqsDeadLetterClient) and a run of the
+handler over every path on the fakes.
 """
 
 from __future__ import annotations
@@ -27,10 +32,11 @@ from botocore.session import get_session
 
 from offpath.client.dlq import DeadLetterQueue, DlqClient
 from offpath.emitter.sqs import SqsSendClient
-from offpath.ingest import rollups, store
+from offpath.ingest import lambda_handler, rollups, store
 from offpath.ingest.consumer import SqsConsumeClient
-from offpath.ingest.settings import DEFAULT_TABLE_NAME
+from offpath.ingest.settings import DEFAULT_TABLE_NAME, IngestSettings
 from offpath.ingest.store import EventStore, EventTableClient, rollup_table_for
+from offpath.kit import aws
 from offpath.kit.sqs import MESSAGE_ATTRIBUTES, QueueNames, encode_batch
 from offpath.testing.calls import CallJournal
 from offpath.testing.dynamodb import FakeDynamoDb
@@ -44,6 +50,7 @@ POLICIES = {
     "ingest": "AnalyticsIngestPolicy",
     "operator": "DlqOperatorPolicy",
     "autoscaler": "QueueDepthPolicy",
+    "lambda": "IngestLambdaPolicy",
 }
 # The policies whose user is code of ours (the autoscaler is KEDA).
 CODE_POLICIES = ("ingest", "operator", "query")
@@ -88,7 +95,35 @@ EXPECTED_GRANTS = {
     "autoscaler": {
         ("sqs:GetQueueAttributes", "Queue"),
     },
+    # Lambda's own (LAMBDA_SERVICE_GRANTS) and the handler's: the DLQ's
+    # look-up and sends, event puts, rollup transactions and query-text reads.
+    "lambda": {
+        ("sqs:ReceiveMessage", "Queue"),
+        ("sqs:DeleteMessage", "Queue"),
+        ("sqs:GetQueueAttributes", "Queue"),
+        ("logs:CreateLogStream", "IngestLambdaLogGroup"),
+        ("logs:PutLogEvents", "IngestLambdaLogGroup"),
+        ("sqs:GetQueueUrl", "DeadLetterQueue"),
+        ("sqs:SendMessage", "DeadLetterQueue"),
+        ("dynamodb:PutItem", "Table"),
+        ("dynamodb:UpdateItem", "RollupTable"),
+        ("dynamodb:GetItem", "RollupTable"),
+    },
 }
+# What Lambda does under the function's role, not the handler: the event
+# source mapping receives, deletes and reads the queue's attributes (AWS's
+# AWSLambdaSQSQueueExecutionRole, no more), and the runtime writes the logs.
+LAMBDA_SERVICE_GRANTS = {
+    ("sqs:ReceiveMessage", "Queue"),
+    ("sqs:DeleteMessage", "Queue"),
+    ("sqs:GetQueueAttributes", "Queue"),
+    ("logs:CreateLogStream", "IngestLambdaLogGroup"),
+    ("logs:PutLogEvents", "IngestLambdaLogGroup"),
+}
+# The handler's own module: its other AWS calls are the store's writes (the
+# store module also holds the read API's, which the function never makes),
+# checked by running it on the fakes instead.
+LAMBDA_SOURCES = ("services/ingest/offpath/ingest/lambda_handler.py", "services/kit")
 
 # Where each user's AWS calls live: QueryService's own package, the emitter
 # and the kit; AnalyticsIngest's package and the kit; the DLQ tool's module
@@ -195,9 +230,15 @@ def aws_operations() -> dict[str, set[str]]:
 def called_actions(service: str) -> dict[str, set[str]]:
     """IAM actions of the AWS client methods called in a service's code, each
     with where it is called."""
+    return called_in(SERVICE_SOURCES[service])
+
+
+def called_in(sources: tuple[str, ...]) -> dict[str, set[str]]:
+    """IAM actions of the AWS client methods called in these files and
+    folders, each with where it is called."""
     calls: dict[str, set[str]] = {}
     operations = aws_operations()
-    for source in SERVICE_SOURCES[service]:
+    for source in sources:
         root = REPO / source
         paths: list[Path] = [root] if root.is_file() else sorted(root.rglob("*.py"))
         for path in paths:
@@ -314,6 +355,53 @@ def store_on_a_fake() -> FakeDynamoDb:
     return ddb
 
 
+def lambda_on_fakes(monkeypatch: pytest.MonkeyPatch) -> tuple[FakeSqs, FakeDynamoDb]:
+    """Fakes with the stack's queues and tables, on which the Lambda handler,
+    made as on a cold start from default settings, handled a record with a
+    query (puts, the query-text read, rollups), one with an invalid event
+    beside a valid one, and a poison one: every path of
+    offpath.ingest.lambda_handler. Their journals hold only the handler's calls."""
+    sqs = FakeSqs()
+    names = QueueNames()
+    sqs.add_queue(names.queue, FifoQueue="true")
+    sqs.add_queue(names.dlq, FifoQueue="true")
+    ddb = FakeDynamoDb()
+    ddb.create_table(**store.create_table_request(DEFAULT_TABLE_NAME))
+    ddb.create_table(**rollups.create_table_request(rollup_table_for(DEFAULT_TABLE_NAME)))
+    ddb.journal.calls.clear()
+    monkeypatch.setattr(aws, "sqs_client", lambda *_args: sqs)
+    monkeypatch.setattr(aws, "dynamodb_client", lambda *_args: ddb)
+    handler = lambda_handler.from_settings(IngestSettings.from_env({}))
+
+    def record(n: int, body: str) -> dict[str, Any]:
+        attributes = {
+            name: {"stringValue": value["StringValue"], "dataType": value["DataType"]}
+            for name, value in MESSAGE_ATTRIBUTES.items()
+        }
+        return {
+            "messageId": f"m-{n}",
+            "body": body,
+            "attributes": {"MessageGroupId": "g"},
+            "messageAttributes": attributes,
+        }
+
+    event = analytics_pb2.AnalyticsEvent(
+        event_id="0190a8d0-0000-7000-8000-000000000001", service="s", method="/s/M", query="q"
+    )
+    event.occurred_at.FromNanoseconds(1_800_000_000 * 10**9)
+    invalid = analytics_pb2.AnalyticsEvent(event_id="not-a-uuid")
+    records = [
+        record(1, encode_batch(analytics_pb2.AnalyticsBatch(batch_id="b-1", events=[event]))),
+        record(
+            2, encode_batch(analytics_pb2.AnalyticsBatch(batch_id="b-2", events=[event, invalid]))
+        ),
+        record(3, "not base64"),
+    ]
+    assert handler.handle({"Records": records}) == {"batchItemFailures": []}
+    assert len(sqs.queue(names.dlq).messages) == 2
+    return sqs, ddb
+
+
 class TestIamPolicies:
     @pytest.mark.parametrize("service", sorted(POLICIES))
     def test_no_wildcards(self, service: str) -> None:
@@ -390,7 +478,8 @@ class TestGrantsAreCalled:
     def test_queue_depth_policy_is_for_the_keda_trigger(self) -> None:
         """The keda component scales on the queue with the aws-sqs-queue
         scaler under the KEDA operator's identity: the only caller of
-        QueueDepthPolicy's GetQueueAttributes, which no service role has."""
+        QueueDepthPolicy's GetQueueAttributes, which no service's own code
+        is granted (the Lambda role's is its event source mapping's)."""
         objects = render_base_with("keda")
         (scaled,) = [doc for doc in objects if doc["kind"] == "ScaledObject"]
         assert [trigger["type"] for trigger in scaled["spec"]["triggers"]] == ["aws-sqs-queue"]
@@ -399,3 +488,62 @@ class TestGrantsAreCalled:
         for service in CODE_POLICIES:
             # The operators' tool reads the DLQ's ARN and depth, never the queue's.
             assert ("sqs:GetQueueAttributes", "Queue") not in granted(service)
+
+
+class TestLambdaGrants:
+    """IngestLambdaPolicy both ways: Lambda's own grants, and the handler's
+    calls granted and called."""
+
+    def test_handler_calls_exactly_its_grants(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Every path of the handler on the fakes calls exactly the policy's
+        (action, resource) pairs beside Lambda's own: the DLQ's look-up and
+        sends, puts on the events table, updates and reads of the rollups."""
+        sqs, ddb = lambda_on_fakes(monkeypatch)
+        called = journal_grants(sqs.journal, "sqs", sqs) | journal_grants(
+            ddb.journal, "dynamodb", None
+        )
+        assert called == granted("lambda") - LAMBDA_SERVICE_GRANTS
+
+    def test_handler_source_calls_only_granted_actions(self) -> None:
+        """Every SQS/DynamoDB client method the handler's module and the kit
+        call maps to an action the policy grants."""
+        calls = called_in(LAMBDA_SOURCES)
+        assert "sqs:SendMessage" in calls, "found no send in the handler: is the scan broken?"
+        allowed = {action for action, _ in granted("lambda")}
+        missing = {
+            action: sorted(where) for action, where in calls.items() if action not in allowed
+        }
+        assert not missing, f"IngestLambdaPolicy lacks {missing}"
+
+    def test_sqs_protocol_is_exactly_the_dead_letter_grants(self) -> None:
+        """The handler's SQS client Protocol (all mypy lets it call) maps to
+        exactly the policy's SQS actions on the DLQ."""
+        methods = {
+            service_operations("sqs")[method]
+            for method in protocol_methods(lambda_handler.SqsDeadLetterClient) - NOT_OPERATIONS
+        }
+        dlq = {action for action, resource in granted("lambda") if resource == "DeadLetterQueue"}
+        assert methods == dlq
+
+    def test_service_grants_are_lambdas_own(self) -> None:
+        """On the queue the role allows only what the event source mapping
+        does, and the handler never calls those (Lambda deletes, not it)."""
+        on_queue = {pair for pair in granted("lambda") if pair[1] == "Queue"}
+        assert on_queue == {pair for pair in LAMBDA_SERVICE_GRANTS if pair[1] == "Queue"}
+        calls = called_in(LAMBDA_SOURCES)
+        assert not {action for action, _ in on_queue} & set(calls)
+
+    def test_role_holds_the_policy_only_and_only_lambda_assumes_it(self) -> None:
+        """The execution role's one policy is IngestLambdaPolicy (no inline or
+        AWS-managed extras), and its trust policy admits the Lambda service only."""
+        role = cfn_properties("IngestLambdaRole")
+        assert role["ManagedPolicyArns"] == [{"Ref": "IngestLambdaPolicy"}]
+        assert "Policies" not in role
+        (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+        assert trust == {
+            "Effect": "Allow",
+            "Principal": {"Service": "lambda.amazonaws.com"},
+            "Action": "sts:AssumeRole",
+        }
+        function = cfn_properties("IngestLambda")
+        assert function["Role"] == {"Fn::GetAtt": ["IngestLambdaRole", "Arn"]}
