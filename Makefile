@@ -105,7 +105,7 @@ e2e: install $(BUF)
 lock:
 	rm -rf .lock-venv
 	$(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/pip install --quiet --disable-pip-version-check ".[services,dev]" ./tools
+	.lock-venv/bin/pip install --quiet --disable-pip-version-check ".[services,report,dev]" ./tools
 	.lock-venv/bin/pip freeze --all --exclude pip --exclude offpath --exclude offpath-tools \
 	  | sed '/^-e /d' > requirements.lock
 	rm -rf .lock-venv build tools/build

@@ -70,7 +70,7 @@ class TestGrammar:
         monkeypatch.setenv("OFFPATH_INGEST_TARGET", fake.target)
         result = _run("summary")
         assert result.exit_code == 0, result.output
-        assert "events 3  errors 1" in result.stdout
+        assert "3 events   1 errors" in result.stdout
 
     def test_a_bad_setting_exits_2_naming_it(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A bad OFFPATH_CLIENT_* value is invalid input: exit 2 with the variable's name."""

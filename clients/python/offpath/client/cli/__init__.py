@@ -4,6 +4,7 @@
     offpath event EVENT_ID [--wait 5]   one stored event
     offpath events [--since 1h]         recent events
     offpath summary [--since 24h]       totals over a time range
+    offpath report [--png FILE]         the same as bar charts (and a PNG)
     offpath load --rate R --duration D  open-loop load on QueryService [--ids FILE]
     offpath reconcile FILE              which of those event ids were stored
     offpath dlq list | show | redrive   the dead-letter queue (AWS, not gRPC)
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 
 import click
 
-from offpath.client.cli import dlq, loadgen, rpc
+from offpath.client.cli import dlq, loadgen, report, rpc
 from offpath.client.cli.app import EXIT_CODES_HELP, Root, global_options, run_main
 
 
@@ -37,6 +38,7 @@ def offpath() -> None:
 
 
 rpc.register(offpath)
+report.register(offpath)
 loadgen.register(offpath)
 dlq.register(offpath)
 

@@ -10,9 +10,10 @@ import click
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from offpath.client.cli.app import Report, Session, command, since_option
+from offpath.client import report as render
+from offpath.client.cli.app import Report, Session, command, render_table, since_option
 from offpath.client.messages import status_name
-from offpath.v1 import analytics_pb2
+from offpath.v1 import analytics_pb2, ingest_pb2
 
 # QueryService's limits (offpath.query.servicer; a test keeps them equal).
 MAX_TOP_K: Final = 20
@@ -161,9 +162,21 @@ def events(session: Session, since: timedelta, limit: int, oldest_first: bool) -
     )
 
 
+def summary_document(summary: ingest_pb2.GetSummaryResponse) -> dict[str, Any]:
+    """The GetSummary reply as ``--output json`` prints it (summary and report)."""
+    return _document(summary)
+
+
+def _section(title: str, headers: tuple[str, ...], rows: list[tuple[object, ...]]) -> list[str]:
+    return ["", title, *(render_table(headers, rows) if rows else ["  (none)"])]
+
+
 @since_option("24h", MAX_RANGE)
 def summary(session: Session, since: timedelta) -> None:
-    """Totals over a recent time range: events, errors, top skills, mean time.
+    """Totals over a recent time range, from the rollups: events, errors by
+    status code, processing time percentiles, top skills and queries, tokens
+    by model, and the buckets the range covers (per bucket in --output json;
+    charted by `offpath report`).
 
     \b
     Examples:
@@ -172,17 +185,36 @@ def summary(session: Session, since: timedelta) -> None:
     """
     now = datetime.now(UTC)
     totals = session.client("ingest").summary(start=now - since, end=now)
-    session.emit(
-        Report(
-            document=_document(totals),
-            lines=[
-                f"events {totals.event_count}  errors {totals.error_count}  "
-                f"mean {totals.mean_processing_ms:.2f} ms  (last {since})"
-            ],
-            headers=("COUNT", "SKILL") if totals.top_skills else (),
-            rows=[(s.count, s.name) for s in totals.top_skills],
+    width = render.bucket_width(totals)
+    busiest = max(totals.volume, key=lambda b: b.event_count, default=None)
+    lines = [
+        f"{render.range_text(totals)} (last {render.duration_text(since)}, "
+        f"{render.duration_text(width)} buckets)",
+        *render.headline(totals),
+    ]
+    if busiest is not None:
+        lines.append(
+            f"{len(totals.volume)} bucket(s) with events; the busiest "
+            f"{_when(busiest.start_time)} with {busiest.event_count:,}"
         )
+    lines += _section(
+        "Errors by status code",
+        ("COUNT", "STATUS"),
+        [(e.count, f"{status_name(e.code)} ({e.code})") for e in totals.errors_by_code],
     )
+    lines += _section(
+        "Top skills", ("COUNT", "SKILL"), [(s.count, s.name) for s in totals.top_skills]
+    )
+    queries: list[tuple[object, ...]] = [(q.count, repr(q.text)) for q in totals.top_queries]
+    if totals.other_query_count:
+        queries.append((totals.other_query_count, "(not counted by text)"))
+    lines += _section("Top queries", ("COUNT", "QUERY"), queries)
+    lines += _section(
+        "Models",
+        ("EVENTS", "TOKENS", "MODEL"),
+        [(m.event_count, m.token_count, m.model or "(none)") for m in totals.models],
+    )
+    session.emit(Report(document=summary_document(totals), lines=lines))
 
 
 def register(root: click.Group) -> None:
