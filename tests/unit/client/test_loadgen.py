@@ -81,6 +81,21 @@ class TestReconcileCommand:
         assert fake.script.calls["GetEvent"] == 0
         assert fake.script.calls["ListEvents"] >= 1
 
+    def test_a_listing_past_its_deadline_falls_back_to_get_event(
+        self, fake: FakeServer, tmp_path: Path
+    ) -> None:
+        """ListEvents answering DEADLINE_EXCEEDED (a slow store) does not fail the
+        command: the ids are asked for one by one, and the report says so."""
+        fake.script.fail["ListEvents"] = grpc.StatusCode.DEADLINE_EXCEEDED
+        ids = tmp_path / "ids.txt"
+        ids.write_text(f"{STORED_ID}\n")
+        result = _run("reconcile", str(ids), "--ingest-target", fake.target, "-o", "json")
+        assert result.exit_code == 0, result.output
+        document = json.loads(result.stdout)
+        assert document["deliveredPercent"] == 100.0
+        assert document["listingCutShort"] is True
+        assert fake.script.calls["GetEvent"] == 1
+
     def test_a_line_that_is_no_uuid_exits_2(self, fake: FakeServer, tmp_path: Path) -> None:
         """Nothing missing but a line that is no UUID: reported, exit 2."""
         ids = tmp_path / "ids.txt"

@@ -112,6 +112,8 @@ class Reconciliation:
     # Ids the time index listed more than once (never expected: one item per id).
     listed_twice: list[str] = field(default_factory=list)
     listed_events: int = 0  # events ListEvents returned, ours and other traffic
+    # A ListEvents page hit the deadline: the rest was read with GetEvent.
+    listing_cut_short: bool = False
     get_calls: int = 0
 
     @property
@@ -158,16 +160,23 @@ async def _listed(client: AsyncOffpathClient, wanted: set[str], result: Reconcil
     times = [t for t in (id_time(i) for i in wanted) if t is not None]
     budget = max(_LIST_BUDGET_MIN, _LIST_BUDGET_PER_ID * len(wanted))
     listed: Counter[str] = Counter()
-    for start, end in time_ranges(times):
-        async for event in client.list_events(start=start, end=end, page_size=_LIST_PAGE):
-            result.listed_events += 1
-            event_id = event.event_id.lower()
-            if event_id in wanted:
-                listed[event_id] += 1
+    try:
+        for start, end in time_ranges(times):
+            async for event in client.list_events(start=start, end=end, page_size=_LIST_PAGE):
+                result.listed_events += 1
+                event_id = event.event_id.lower()
+                if event_id in wanted:
+                    listed[event_id] += 1
+                if result.listed_events >= budget:
+                    break
             if result.listed_events >= budget:
                 break
-        if result.listed_events >= budget:
-            break
+    except grpc.RpcError as exc:
+        # A page that took longer than the deadline (a large range on a slow
+        # store): what was not listed is asked for one by one instead.
+        if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise
+        result.listing_cut_short = True
     result.listed_twice = sorted(i for i, n in listed.items() if n > 1)
     return set(listed)
 

@@ -288,9 +288,14 @@ class Root(click.Group):
             code: grpc.StatusCode = exc.code()
             detail: str = exc.details() or ""
             session = ctx.find_object(Session)
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                where = session.calling if session is not None else None
+            where = session.calling if session is not None else None
+            if code == grpc.StatusCode.UNAVAILABLE:
                 detail = f"cannot reach {where} ({detail}); is `make run` up?"
+            elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                detail = (
+                    f"{where} did not answer within the deadline ({detail}); "
+                    "a longer --timeout may help"
+                )
             _fail(f"{code.name}: {detail}", exit_code(code))
         except SettingsError as exc:
             _fail(str(exc), EXIT_INVALID)

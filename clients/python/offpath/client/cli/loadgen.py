@@ -270,12 +270,18 @@ def reconcile_(session: Session, file: TextIO, concurrency: int, wait: float) ->
         "listedTwice": result.listed_twice,
         "listedEvents": result.listed_events,
         "getEventCalls": result.get_calls,
+        "listingCutShort": result.listing_cut_short,
     }
     footer = [f"missing: {i}" for i in result.missing[:_SHOWN_MISSING]]
     if len(result.missing) > _SHOWN_MISSING:
         footer.append(f"... and {len(result.missing) - _SHOWN_MISSING} more (--output json)")
     footer.append(
         f"read {result.listed_events} event(s) with ListEvents, {result.get_calls} GetEvent call(s)"
+        + (
+            " (a ListEvents page hit the deadline: the rest one by one)"
+            if result.listing_cut_short
+            else ""
+        )
     )
     session.emit(
         Report(
