@@ -63,6 +63,14 @@ import structlog
 from offpath.emitter.record import EventRecord
 from offpath.emitter.rpc import RpcAnalytics, _current, event_record
 from offpath.emitter.settings import EVENT_ID_TRAILERS, EventIdTrailer
+from offpath.kit.handlers import (
+    Behaviour,
+    behaviour_of,
+    cancelled_code,
+    failed_code,
+    kind_of,
+    rebuilt,
+)
 from offpath.kit.ids import new_id
 
 log = structlog.get_logger("offpath.emitter")
@@ -90,10 +98,6 @@ _CODE_NUMBERS = {code: code.value[0] for code in grpc.StatusCode}
 _UNKNOWN = _CODE_NUMBERS[grpc.StatusCode.UNKNOWN]
 _OK = grpc.StatusCode.OK
 
-# A call cancelled with less than this left before its deadline is taken to
-# have hit the deadline: the server's deadline timer and the client's own
-# cancellation race by a few milliseconds at most.
-_DEADLINE_SLACK_S = 0.05
 
 if TYPE_CHECKING:
     _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
@@ -103,9 +107,6 @@ else:
     _ServerInterceptor = grpc.aio.ServerInterceptor
     _Context = grpc.aio.ServicerContext[Any, Any]
 
-# grpc-stubs type handler behaviours with the sync ServicerContext; a grpc.aio
-# behaviour is called with a grpc.aio one.
-Behaviour = Callable[..., Any]
 Continuation = Callable[
     [grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Any, Any] | None"]
 ]
@@ -166,39 +167,15 @@ class AnalyticsInterceptor(_ServerInterceptor):
         if service in self._ignored:
             return handler
         site = _Site(service, method, self._recorder, self._trailer_always)
-        streaming = (handler.request_streaming, handler.response_streaming)
-        behaviour: Behaviour | None = {
-            (False, False): handler.unary_unary,
-            (False, True): handler.unary_stream,
-            (True, False): handler.stream_unary,
-            (True, True): handler.stream_stream,
-        }[streaming]
-        wrapped: Behaviour
-        # The same tests grpc.aio makes to choose how to run a handler: a
-        # coroutine function (unary response, or a stream written with
-        # context.write), an async generator (a stream of yielded responses),
-        # or anything else (a sync handler, run in grpc's thread pool: the
-        # context there is a different object, so it is left alone).
-        if inspect.iscoroutinefunction(behaviour):
-            wrapped = _intercept_coroutine(site, behaviour)
-        elif handler.response_streaming and inspect.isasyncgenfunction(behaviour):
-            wrapped = _intercept_generator(site, behaviour)
-        else:
+        behaviour = behaviour_of(handler)
+        if behaviour is None:
             return handler
-        make = _HANDLER_FACTORIES[streaming]
-        return make(
-            wrapped,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-
-
-_HANDLER_FACTORIES: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[Any, Any]]] = {
-    (False, False): grpc.unary_unary_rpc_method_handler,
-    (False, True): grpc.unary_stream_rpc_method_handler,
-    (True, False): grpc.stream_unary_rpc_method_handler,
-    (True, True): grpc.stream_stream_rpc_method_handler,
-}
+        kind = kind_of(handler, behaviour)
+        if kind == "coroutine":
+            return rebuilt(handler, _intercept_coroutine(site, behaviour))
+        if kind == "generator":
+            return rebuilt(handler, _intercept_generator(site, behaviour))
+        return handler
 
 
 class _Site:
@@ -220,10 +197,10 @@ def _intercept_coroutine(site: _Site, behaviour: Behaviour) -> Behaviour:
         try:
             response = await behaviour(request, call)
         except asyncio.CancelledError:
-            await call.finish_awaiting(_cancelled_code(context))
+            await call.finish_awaiting(cancelled_code(context))
             raise
         except Exception:
-            await call.finish_awaiting(_failed_code(context))
+            await call.finish_awaiting(failed_code(context))
             raise
         finally:
             _current.reset(token)
@@ -247,10 +224,10 @@ def _intercept_generator(site: _Site, behaviour: Behaviour) -> Behaviour:
             async for response in responses:
                 await context.write(response)
         except asyncio.CancelledError:
-            await call.finish_awaiting(_cancelled_code(context))
+            await call.finish_awaiting(cancelled_code(context))
             raise
         except Exception:
-            await call.finish_awaiting(_failed_code(context))
+            await call.finish_awaiting(failed_code(context))
             raise
         finally:
             _current.reset(token)
@@ -258,22 +235,6 @@ def _intercept_generator(site: _Site, behaviour: Behaviour) -> Behaviour:
         await call.finish_awaiting(call.returned_code())
 
     return intercepted
-
-
-def _failed_code(context: _Context) -> grpc.StatusCode:
-    # grpc.aio's rule for an exception out of a handler: the code set before
-    # raising, unless that is OK (or none), in which case UNKNOWN.
-    code: object = context.code()
-    if isinstance(code, grpc.StatusCode) and code is not grpc.StatusCode.OK:
-        return code
-    return grpc.StatusCode.UNKNOWN
-
-
-def _cancelled_code(context: _Context) -> grpc.StatusCode:
-    remaining: float | None = context.time_remaining()
-    if remaining is not None and remaining < _DEADLINE_SLACK_S:
-        return grpc.StatusCode.DEADLINE_EXCEEDED
-    return grpc.StatusCode.CANCELLED
 
 
 class _Call(_Context):

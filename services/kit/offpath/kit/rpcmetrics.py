@@ -25,7 +25,6 @@ CANCELLED or DEADLINE_EXCEEDED when the call was cut short. Sync handlers
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 from bisect import bisect_left
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
@@ -34,6 +33,18 @@ from typing import TYPE_CHECKING, Any, Final
 import grpc
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from offpath.kit.handlers import (
+    Behaviour,
+    Context,
+    behaviour_of,
+    cancelled_code,
+    failed_code,
+    kind_of,
+    rebuilt,
+    returned_code,
+    streaming,
+)
 
 # Seconds. Sub-millisecond resolution where a fast gRPC service lives, then
 # go-grpc-prometheus's range up to 10 s.
@@ -60,17 +71,12 @@ _BOUNDS_NS: Final = tuple(int(b * 1e9) for b in BUCKETS)
 # distinct ones, further names are counted under one series.
 _MAX_METHODS: Final = 256
 _OTHER: Final = "/unknown/other"
-_DEADLINE_SLACK_S: Final = 0.05
 
 if TYPE_CHECKING:
     _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
-    _Context = grpc.aio.ServicerContext[Any, Any]
 else:
     # Not subscriptable at run time (grpc-stubs make it generic).
     _ServerInterceptor = grpc.aio.ServerInterceptor
-    _Context = grpc.aio.ServicerContext
-
-Behaviour = Callable[..., Any]
 Continuation = Callable[
     [grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Any, Any] | None"]
 ]
@@ -185,90 +191,52 @@ class RpcMetricsInterceptor(_ServerInterceptor):
     def _wrap(
         self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        streaming = (handler.request_streaming, handler.response_streaming)
-        series = self._metrics.series(method, _TYPES[streaming])
-        behaviour: Behaviour | None = {
-            (False, False): handler.unary_unary,
-            (False, True): handler.unary_stream,
-            (True, False): handler.stream_unary,
-            (True, True): handler.stream_stream,
-        }[streaming]
-        wrapped: Behaviour
-        if inspect.iscoroutinefunction(behaviour):
-            wrapped = _count_coroutine(series, behaviour)
-        elif handler.response_streaming and inspect.isasyncgenfunction(behaviour):
-            wrapped = _count_generator(series, behaviour)
-        else:
+        series = self._metrics.series(method, _TYPES[streaming(handler)])
+        behaviour = behaviour_of(handler)
+        if behaviour is None:
             return handler
-        return _FACTORIES[streaming](
-            wrapped,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        kind = kind_of(handler, behaviour)
+        if kind == "coroutine":
+            return rebuilt(handler, _count_coroutine(series, behaviour))
+        if kind == "generator":
+            return rebuilt(handler, _count_generator(series, behaviour))
+        return handler
 
-
-_FACTORIES: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[Any, Any]]] = {
-    (False, False): grpc.unary_unary_rpc_method_handler,
-    (False, True): grpc.unary_stream_rpc_method_handler,
-    (True, False): grpc.stream_unary_rpc_method_handler,
-    (True, True): grpc.stream_stream_rpc_method_handler,
-}
 
 _OK: Final = grpc.StatusCode.OK
 
 
 def _count_coroutine(series: _Series, behaviour: Behaviour) -> Behaviour:
-    async def counted(request: Any, context: _Context) -> Any:
+    async def counted(request: Any, context: Context) -> Any:
         series.started += 1
         t0 = time.perf_counter_ns()
         try:
             response = await behaviour(request, context)
         except asyncio.CancelledError:
-            series.done(_cancelled_code(context), time.perf_counter_ns() - t0)
+            series.done(cancelled_code(context), time.perf_counter_ns() - t0)
             raise
         except Exception:
-            series.done(_failed_code(context), time.perf_counter_ns() - t0)
+            series.done(failed_code(context), time.perf_counter_ns() - t0)
             raise
-        series.done(_returned_code(context), time.perf_counter_ns() - t0)
+        series.done(returned_code(context), time.perf_counter_ns() - t0)
         return response
 
     return counted
 
 
 def _count_generator(series: _Series, behaviour: Behaviour) -> Behaviour:
-    async def counted(request: Any, context: _Context) -> AsyncGenerator[Any, None]:
+    async def counted(request: Any, context: Context) -> AsyncGenerator[Any, None]:
         series.started += 1
         t0 = time.perf_counter_ns()
         try:
             async for response in behaviour(request, context):
                 yield response
         except asyncio.CancelledError:
-            series.done(_cancelled_code(context), time.perf_counter_ns() - t0)
+            series.done(cancelled_code(context), time.perf_counter_ns() - t0)
             raise
         except Exception:
-            series.done(_failed_code(context), time.perf_counter_ns() - t0)
+            series.done(failed_code(context), time.perf_counter_ns() - t0)
             raise
-        series.done(_returned_code(context), time.perf_counter_ns() - t0)
+        series.done(returned_code(context), time.perf_counter_ns() - t0)
 
     return counted
-
-
-def _returned_code(context: _Context) -> grpc.StatusCode:
-    code: object = context.code()  # None unless the handler set one
-    return code if isinstance(code, grpc.StatusCode) else _OK
-
-
-def _failed_code(context: _Context) -> grpc.StatusCode:
-    # An abort raised after setting its code; any other exception is
-    # UNKNOWN unless the handler set a non-OK code first (grpc.aio's rule).
-    code: object = context.code()
-    if isinstance(code, grpc.StatusCode) and code is not _OK:
-        return code
-    return grpc.StatusCode.UNKNOWN
-
-
-def _cancelled_code(context: _Context) -> grpc.StatusCode:
-    remaining: float | None = context.time_remaining()
-    if remaining is not None and remaining < _DEADLINE_SLACK_S:
-        return grpc.StatusCode.DEADLINE_EXCEEDED
-    return grpc.StatusCode.CANCELLED
