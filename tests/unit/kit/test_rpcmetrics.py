@@ -125,13 +125,15 @@ class TestCounts:
     async def test_latency_histogram_is_cumulative_and_counts_every_call(
         self, served: tuple[RpcMetrics, Call, grpc.aio.Channel]
     ) -> None:
-        """The histogram's +Inf bucket and count equal the calls made, buckets never
-        decrease, and the sum is a positive number of seconds under the test's length."""
+        """Per method and status code: the histogram's +Inf bucket and count equal the
+        calls that ended so, buckets never decrease, and the sum is a positive number of
+        seconds under the test's length; an aborted call is in its own code's histogram."""
         metrics, call, _ = served
         for _ in range(5):
             await call("Ok", b"x")
+        await call("Abort", b"x")
         samples = _samples(metrics)
-        labels = _labels("Ok")
+        labels = _labels("Ok", grpc_code="OK")
         buckets = [
             samples[("grpc_server_handling_seconds_bucket", tuple(sorted((*labels, ("le", le)))))]
             for le in (*(str(b) for b in BUCKETS), "+Inf")
@@ -140,6 +142,15 @@ class TestCounts:
         assert buckets[-1] == 5.0
         assert samples[("grpc_server_handling_seconds_count", labels)] == 5.0
         assert 0 < samples[("grpc_server_handling_seconds_sum", labels)] < 5
+        aborted = _labels("Abort", grpc_code="NOT_FOUND")
+        assert samples[("grpc_server_handling_seconds_count", aborted)] == 1.0
+        assert not [
+            k
+            for k in samples
+            if k[0].startswith("grpc_server_handling")
+            and ("grpc_method", "Ok") in k[1]
+            and ("grpc_code", "NOT_FOUND") in k[1]
+        ]
 
     async def test_a_response_stream_is_counted_once_at_its_end(
         self, served: tuple[RpcMetrics, Call, grpc.aio.Channel]

@@ -2,17 +2,21 @@
 handled (by status code) and how long they took, exposed with the names and
 labels of go-grpc-prometheus (``grpc_server_started_total``,
 ``grpc_server_handled_total``, ``grpc_server_handling_seconds``), so
-existing gRPC dashboards and alerts read them unchanged.
+existing gRPC dashboards and alerts read them unchanged. The histogram has
+one more label than go-grpc-prometheus's, ``grpc_code``, so the latency of
+errors and of successes can be told apart; a query that sums over it (as
+those dashboards' ``sum by (le, ...)`` do) reads the same figures.
 
-The request path pays for two clock reads, a bisect and two integer
-increments (≈ 0.5 µs, see the README's Performance section): counts are
+The request path pays for a wrapper around the handler, two clock reads, a
+bisect and two integer increments (the README's Performance section has
+what that costs per request): counts are
 plain Python integers, written only by the event loop's thread, and the
 Prometheus families are built from them at scrape time, on the metrics
 endpoint's thread. prometheus_client's own ``Histogram.labels().observe()``
 takes a lock and a label look-up on every call (several µs), which is why it
 is not used on the path. A scrape that reads a histogram while a call is
-being counted can be one call behind in its sum; its buckets and count are
-consistent, as the count is the buckets' total.
+being counted can be one call behind in its sum; its buckets, its count and
+the handled counter are consistent, all being the buckets' total.
 
 What is recorded: every RPC whose handler is a coroutine function or an
 async generator (as grpc.aio runs them), once, when it ends, with the
@@ -89,10 +93,23 @@ _TYPES: Final = {
 }
 
 
-class _Series:
-    """One method's counts."""
+class _Latency:
+    """One method's latency histogram for one status code."""
 
-    __slots__ = ("buckets", "grpc_type", "handled", "method", "service", "started", "sum_ns")
+    __slots__ = ("buckets", "sum_ns")
+
+    def __init__(self) -> None:
+        # One count per bucket of _BOUNDS_NS, then one for +Inf.
+        self.buckets = [0] * (len(_BOUNDS_NS) + 1)
+        self.sum_ns = 0
+
+
+class _Series:
+    """One method's counts: started, and handled with their latency by the
+    status code the client saw (the count of each code's histogram is its
+    handled count)."""
+
+    __slots__ = ("by_code", "grpc_type", "method", "service", "started")
 
     def __init__(self, full_method: str, grpc_type: str) -> None:
         service, _, method = full_method.lstrip("/").partition("/")
@@ -100,17 +117,14 @@ class _Series:
         self.method = method
         self.grpc_type = grpc_type
         self.started = 0
-        self.handled: dict[str, int] = {}
-        # One count per bucket of _BOUNDS_NS, then one for +Inf.
-        self.buckets = [0] * (len(_BOUNDS_NS) + 1)
-        self.sum_ns = 0
+        self.by_code: dict[str, _Latency] = {}
 
     def done(self, code: grpc.StatusCode, elapsed_ns: int) -> None:
-        name = code.name
-        handled = self.handled
-        handled[name] = handled.get(name, 0) + 1
-        self.buckets[bisect_left(_BOUNDS_NS, elapsed_ns)] += 1
-        self.sum_ns += elapsed_ns
+        latency = self.by_code.get(code.name)
+        if latency is None:
+            latency = self.by_code[code.name] = _Latency()
+        latency.buckets[bisect_left(_BOUNDS_NS, elapsed_ns)] += 1
+        latency.sum_ns += elapsed_ns
 
 
 class RpcMetrics(Collector):
@@ -144,20 +158,22 @@ class RpcMetrics(Collector):
         )
         seconds = HistogramMetricFamily(
             "grpc_server_handling_seconds",
-            "Time from the handler's start to its end, in seconds.",
-            labels=labels,
+            "Time from the handler's start to its end, in seconds, by the status code "
+            "the client saw.",
+            labels=[*labels, "grpc_code"],
         )
+        edges = (*(str(b) for b in BUCKETS), "+Inf")
         for series in list(self._series.values()):
             values = [series.grpc_type, series.service, series.method]
             started.add_metric(values, series.started)
-            for code, count in list(series.handled.items()):
-                handled.add_metric([*values, code], count)
-            counts = list(series.buckets)
-            cumulative, running = [], 0
-            for bound, count in zip((*(str(b) for b in BUCKETS), "+Inf"), counts, strict=True):
-                running += count
-                cumulative.append((bound, running))
-            seconds.add_metric(values, cumulative, series.sum_ns / 1e9)
+            for code, latency in list(series.by_code.items()):
+                counts = list(latency.buckets)
+                cumulative, running = [], 0
+                for edge, count in zip(edges, counts, strict=True):
+                    running += count
+                    cumulative.append((edge, running))
+                handled.add_metric([*values, code], running)
+                seconds.add_metric([*values, code], cumulative, latency.sum_ns / 1e9)
         return [started, handled, seconds]
 
 
