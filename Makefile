@@ -15,8 +15,8 @@ PROTOS := $(shell find protos -name '*.proto')
 help:
 	@echo "make run    start local AWS endpoint + QueryService + AnalyticsIngest (Ctrl-C stops all)"
 	@echo "make test   lint, type-check and run every test"
-	@echo "make bench        the performance contract, cell by cell: met / missed (about 8 min)"
-	@echo "make bench-quick  the same cells, fewer and shorter rounds (about 90 s)"
+	@echo "make bench        the performance contract, cell by cell: met / missed (about 18 min)"
+	@echo "make bench-quick  the same cells, fewer and shorter rounds (about 95 s)"
 	@echo "make bench-readme write the README's results table from the newest bench.json"
 	@echo "make gen    regenerate Python code from protos/"
 	@echo "make lock   re-resolve requirements.lock from pyproject.toml and tools/pyproject.toml"
