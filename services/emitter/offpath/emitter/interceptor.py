@@ -54,7 +54,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Iterable
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import grpc
@@ -65,11 +65,10 @@ from offpath.emitter.rpc import RpcAnalytics, _current, event_record
 from offpath.emitter.settings import EVENT_ID_TRAILERS, EventIdTrailer
 from offpath.kit.handlers import (
     Behaviour,
-    behaviour_of,
+    WrappingInterceptor,
     cancelled_code,
     failed_code,
-    kind_of,
-    rebuilt,
+    wrapped,
 )
 from offpath.kit.ids import new_id
 
@@ -85,11 +84,7 @@ DEFAULT_IGNORED_SERVICES = frozenset(
     }
 )
 
-# Wrapped handlers are cached per method name, so an RPC costs a dict look-up
-# rather than building handler objects. A generic handler may accept any
-# method name a client sends: the bound keeps such names from growing the
-# cache without limit (past it, handlers are wrapped per call, which is only
-# slower).
+# Wrapped handlers cached per method name (see WrappingInterceptor).
 _MAX_CACHED_METHODS = 1024
 
 # StatusCode.value is an enum property returning (int, str): a dict look-up
@@ -100,16 +95,10 @@ _OK = grpc.StatusCode.OK
 
 
 if TYPE_CHECKING:
-    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
     _Context = grpc.aio.ServicerContext[Any, Any]
 else:
     # Not subscriptable at run time (grpc-stubs make it generic).
-    _ServerInterceptor = grpc.aio.ServerInterceptor
     _Context = grpc.aio.ServicerContext[Any, Any]
-
-Continuation = Callable[
-    [grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Any, Any] | None"]
-]
 
 
 class Recorder(Protocol):
@@ -120,7 +109,7 @@ class Recorder(Protocol):
     def emit(self, record: EventRecord, /) -> object: ...
 
 
-class AnalyticsInterceptor(_ServerInterceptor):
+class AnalyticsInterceptor(WrappingInterceptor):
     """Records one :class:`EventRecord` per RPC through ``recorder``; see the
     module's docstring for what is recorded and when."""
 
@@ -133,33 +122,12 @@ class AnalyticsInterceptor(_ServerInterceptor):
     ) -> None:
         if event_id_trailer not in EVENT_ID_TRAILERS:
             raise ValueError(f"event_id_trailer must be one of {EVENT_ID_TRAILERS}")
+        super().__init__(_MAX_CACHED_METHODS)
         self._recorder = recorder
         self._ignored = frozenset(ignore_services)
         self._trailer_always = event_id_trailer == "always"
-        self._cache: dict[
-            str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
-        ] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Continuation,
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            # Unknown method: grpc answers UNIMPLEMENTED itself. (grpc-stubs
-            # say a handler is always found; at run time it is None here.)
-            return handler  # type: ignore[return-value]
-        method = handler_call_details.method
-        cached = self._cache.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(method, handler)
-        if len(self._cache) < _MAX_CACHED_METHODS or method in self._cache:
-            self._cache[method] = (handler, wrapped)
-        return wrapped
-
-    def _wrap(
+    def wrap(
         self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
     ) -> grpc.RpcMethodHandler[Any, Any]:
         # "/package.Service/Method": the service is the part between the slashes.
@@ -167,15 +135,11 @@ class AnalyticsInterceptor(_ServerInterceptor):
         if service in self._ignored:
             return handler
         site = _Site(service, method, self._recorder, self._trailer_always)
-        behaviour = behaviour_of(handler)
-        if behaviour is None:
-            return handler
-        kind = kind_of(handler, behaviour)
-        if kind == "coroutine":
-            return rebuilt(handler, _intercept_coroutine(site, behaviour))
-        if kind == "generator":
-            return rebuilt(handler, _intercept_generator(site, behaviour))
-        return handler
+        return wrapped(
+            handler,
+            lambda behaviour: _intercept_coroutine(site, behaviour),
+            lambda behaviour: _intercept_generator(site, behaviour),
+        )
 
 
 class _Site:

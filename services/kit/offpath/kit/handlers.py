@@ -7,16 +7,20 @@ to tell the status a call ended with. Shared by the RPC metrics interceptor
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import grpc
 
 if TYPE_CHECKING:
     Context = grpc.aio.ServicerContext[Any, Any]
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
 else:
-    # Not subscriptable at run time (grpc-stubs make it generic).
+    # Not subscriptable at run time (grpc-stubs make them generic).
     Context = grpc.aio.ServicerContext
+    _ServerInterceptor = grpc.aio.ServerInterceptor
 
 # grpc-stubs type handler behaviours with the sync ServicerContext; a grpc.aio
 # behaviour is called with a grpc.aio one.
@@ -74,6 +78,61 @@ def rebuilt(
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
+
+
+def wrapped(
+    handler: Handler,
+    coroutine: Callable[[Behaviour], Behaviour],
+    generator: Callable[[Behaviour], Behaviour],
+) -> Handler:
+    """``handler`` with its behaviour wrapped by ``coroutine`` or ``generator``
+    (by how grpc.aio runs it, :func:`kind_of`); a handler neither fits (a
+    sync one) is returned as it is."""
+    behaviour = behaviour_of(handler)
+    if behaviour is None:
+        return handler
+    kind = kind_of(handler, behaviour)
+    if kind == "coroutine":
+        return rebuilt(handler, coroutine(behaviour))
+    if kind == "generator":
+        return rebuilt(handler, generator(behaviour))
+    return handler
+
+
+class WrappingInterceptor(_ServerInterceptor):
+    """A grpc.aio interceptor that wraps each method's handler once
+    (:meth:`wrap`) and then hands the wrapped one out from a cache, so an RPC
+    costs a dict look-up rather than building handler objects. A generic
+    handler may accept any method name a client sends: ``max_cached`` keeps
+    such names from growing the cache without limit (past it, handlers are
+    wrapped per call, which is only slower)."""
+
+    def __init__(self, max_cached: int) -> None:
+        self._max_cached = max_cached
+        self._cache: dict[str, tuple[Handler, Handler]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Continuation,
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            # Unknown method: grpc answers UNIMPLEMENTED itself. (grpc-stubs
+            # say a handler is always found; at run time it is None here.)
+            return handler  # type: ignore[return-value]
+        method = handler_call_details.method
+        cached = self._cache.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        result = self.wrap(method, handler)
+        if len(self._cache) < self._max_cached or method in self._cache:
+            self._cache[method] = (handler, result)
+        return result
+
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        """The handler to serve ``method`` with instead of ``handler``."""
+        raise NotImplementedError
 
 
 def returned_code(context: Context) -> grpc.StatusCode:

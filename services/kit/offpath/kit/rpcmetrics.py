@@ -31,8 +31,8 @@ from __future__ import annotations
 import asyncio
 import time
 from bisect import bisect_left
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import AsyncGenerator, Iterable
+from typing import Any, Final
 
 import grpc
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -41,13 +41,12 @@ from prometheus_client.registry import Collector
 from offpath.kit.handlers import (
     Behaviour,
     Context,
-    behaviour_of,
+    WrappingInterceptor,
     cancelled_code,
     failed_code,
-    kind_of,
-    rebuilt,
     returned_code,
     streaming,
+    wrapped,
 )
 
 # Seconds. Sub-millisecond resolution where a fast gRPC service lives, then
@@ -76,14 +75,6 @@ _BOUNDS_NS: Final = tuple(int(b * 1e9) for b in BUCKETS)
 _MAX_METHODS: Final = 256
 _OTHER: Final = "/unknown/other"
 
-if TYPE_CHECKING:
-    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:
-    # Not subscriptable at run time (grpc-stubs make it generic).
-    _ServerInterceptor = grpc.aio.ServerInterceptor
-Continuation = Callable[
-    [grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Any, Any] | None"]
-]
 
 _TYPES: Final = {
     (False, False): "unary",
@@ -177,49 +168,23 @@ class RpcMetrics(Collector):
         return [started, handled, seconds]
 
 
-class RpcMetricsInterceptor(_ServerInterceptor):
+class RpcMetricsInterceptor(WrappingInterceptor):
     """Counts every RPC into its :class:`RpcMetrics`; put it first among a
     server's interceptors, so the time it measures includes theirs."""
 
     def __init__(self, metrics: RpcMetrics) -> None:
+        super().__init__(_MAX_METHODS)
         self._metrics = metrics
-        self._cache: dict[
-            str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
-        ] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Continuation,
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler  # type: ignore[return-value]  # unknown method
-        method = handler_call_details.method
-        cached = self._cache.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(method, handler)
-        if len(self._cache) < _MAX_METHODS or method in self._cache:
-            self._cache[method] = (handler, wrapped)
-        return wrapped
-
-    def _wrap(
+    def wrap(
         self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
     ) -> grpc.RpcMethodHandler[Any, Any]:
         series = self._metrics.series(method, _TYPES[streaming(handler)])
-        behaviour = behaviour_of(handler)
-        if behaviour is None:
-            return handler
-        kind = kind_of(handler, behaviour)
-        if kind == "coroutine":
-            return rebuilt(handler, _count_coroutine(series, behaviour))
-        if kind == "generator":
-            return rebuilt(handler, _count_generator(series, behaviour))
-        return handler
-
-
-_OK: Final = grpc.StatusCode.OK
+        return wrapped(
+            handler,
+            lambda behaviour: _count_coroutine(series, behaviour),
+            lambda behaviour: _count_generator(series, behaviour),
+        )
 
 
 def _count_coroutine(series: _Series, behaviour: Behaviour) -> Behaviour:
