@@ -25,6 +25,7 @@ from offpath.kit.looplag import LoopLagMonitor
 from offpath.kit.reflection import enable_reflection
 from offpath.kit.settings import ServerSettings, SettingsError, environ
 from offpath.kit.signals import stop_on_signals
+from offpath.kit.tls import bind_port
 
 log = structlog.get_logger("offpath.server")
 
@@ -102,7 +103,7 @@ async def serve(
     enable_reflection([*service_names, kit_health.SERVICE_NAME], server)
     address = f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(address)
+        bound = bind_port(server, address, settings.tls)
     except RuntimeError as exc:
         raise StartupError(f"cannot bind gRPC port {address}: {exc}") from exc
     if bound == 0:

@@ -11,7 +11,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from offpath.kit.tls import TlsSettings
 
 ENV_SHUTDOWN_GRACE_S: Final = "OFFPATH_SHUTDOWN_GRACE_S"
 ENV_LOG_LEVEL: Final = "OFFPATH_LOG_LEVEL"
@@ -130,6 +133,7 @@ class ServerSettings:
     grace_s: float = _DEFAULT_SHUTDOWN_GRACE_S
     log_level: str = _DEFAULT_LOG_LEVEL
     loop_lag_sample_ms: int = _DEFAULT_LOOP_LAG_SAMPLE_MS
+    tls: TlsSettings | None = None
 
     @classmethod
     def from_env(
