@@ -124,8 +124,9 @@ def environ() -> Mapping[str, str]:
 class ServerSettings:
     """What every offpath gRPC service is configured with: where it listens
     (gRPC and Prometheus), how long in-flight RPCs get at shutdown, how much
-    it logs, and how often it samples its event loop's lag. Each service
-    names its own host and port variables."""
+    it logs, how often it samples its event loop's lag, and whether its gRPC
+    port speaks TLS (``OFFPATH_TLS_*``, :class:`~offpath.kit.tls.TlsSettings`;
+    None: plaintext). Each service names its own host and port variables."""
 
     host: str
     port: int
@@ -147,6 +148,9 @@ class ServerSettings:
         default_port: int,
         default_metrics_port: int,
     ) -> ServerSettings:
+        # Here, not at the top: offpath.kit.tls builds on this module's helpers.
+        from offpath.kit.tls import TlsSettings
+
         return cls(
             host=env_str(env, host_var, default_host),
             port=env_int(env, port_var, default_port, minimum=0, maximum=65535),
@@ -164,4 +168,5 @@ class ServerSettings:
                 minimum=0,
                 maximum=60_000,
             ),
+            tls=TlsSettings.from_env(env),
         )
