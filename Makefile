@@ -15,6 +15,7 @@ PROTOS := $(shell find protos -name '*.proto')
 help:
 	@echo "make run    start local AWS endpoint + QueryService + AnalyticsIngest (Ctrl-C stops all)"
 	@echo "make test   lint, type-check and run every test"
+	@echo "make audit  dependency vulnerability audit of requirements.lock (needs the package registry)"
 	@echo "make bench        the performance contract, cell by cell: met / missed (about 18 min)"
 	@echo "make bench-quick  the same cells, fewer and shorter rounds (about 95 s)"
 	@echo "make bench-readme write the README's results table from the newest bench.json"
@@ -91,6 +92,15 @@ fmt: install
 test: lint
 	OFFPATH_BUF=$(abspath $(BUF)) $(PY) -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# The dependency audit (offpath.dev.audit): pip-audit where PyPI's per-version
+# JSON is served, else PyPI's project JSON, stating which pins it could only
+# partly check. Needs the package registry, so it is not part of make test
+# (whose result depends on the code alone). Accepted findings, with a reason
+# and an expiry: tools/audit-accepted.toml.
+.PHONY: audit
+audit: install
+	$(PY) -m offpath.dev.audit $(AUDIT_ARGS)
 
 # By marker (tests/conftest.py marks each test by its folder).
 unit: install
