@@ -101,8 +101,9 @@ def test_expected_errors_log_no_error(stack: DevStack, name: str) -> None:
         check = channel.unary_unary(
             "/grpc.health.v1.Health/Check", request_serializer=None, response_deserializer=None
         )
-        with pytest.raises(grpc.RpcError):
+        with pytest.raises(grpc.RpcError) as raised:
             check(b"\xff\xff\xff", timeout=5)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
     def undecodable() -> list[dict[str, Any]]:
         records = (parse_line(line) for line in list(child.tail))

@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 import pytest
+import structlog
+from grpc_health.v1 import health_pb2
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
@@ -39,6 +41,21 @@ async def count(request: bytes, context: Context) -> AsyncIterator[bytes]:
         yield str(i).encode()
 
 
+REACHED: list[str] = []
+
+
+async def decoded(request: health_pb2.HealthCheckRequest, context: Context) -> bytes:
+    REACHED.append(request.service)
+    return b"decoded"
+
+
+async def decoded_stream(
+    request: health_pb2.HealthCheckRequest, context: Context
+) -> AsyncIterator[bytes]:
+    REACHED.append(request.service)
+    yield b"decoded"
+
+
 Call = Callable[[str, bytes], Awaitable[grpc.StatusCode]]
 
 
@@ -58,6 +75,13 @@ async def served() -> AsyncIterator[tuple[RpcMetrics, Call, grpc.aio.Channel]]:
                     "Fail": unary(fail),
                     "SetAndReturn": unary(set_and_return),
                     "Count": grpc.unary_stream_rpc_method_handler(count),
+                    "Decoded": unary(
+                        decoded, request_deserializer=health_pb2.HealthCheckRequest.FromString
+                    ),
+                    "DecodedStream": grpc.unary_stream_rpc_method_handler(
+                        decoded_stream,
+                        request_deserializer=health_pb2.HealthCheckRequest.FromString,
+                    ),
                 },
             )
         ]
@@ -172,3 +196,65 @@ class TestCounts:
         metrics, call, _ = served
         assert await call("Missing", b"") == grpc.StatusCode.UNIMPLEMENTED
         assert not [k for k in _samples(metrics) if ("grpc_method", "Missing") in k[1]]
+
+
+# A HealthCheckRequest whose string field (1) holds bytes that are not UTF-8.
+BAD_UTF8 = b"\x0a\x02\xff\xfe"
+
+
+class TestUndecodableRequests:
+    async def test_answered_invalid_argument_and_counted_so(
+        self, served: tuple[RpcMetrics, Call, grpc.aio.Channel]
+    ) -> None:
+        """Request bytes that do not decode answer INVALID_ARGUMENT saying so (not
+        grpc.aio's UNKNOWN), never reach the handler, are counted under
+        INVALID_ARGUMENT and logged as one warning line without the bytes; a good
+        request to the same method is then served."""
+        metrics, _, channel = served
+        REACHED.clear()
+        method = f"/{SERVICE}/Decoded"
+        with (
+            structlog.testing.capture_logs() as logs,
+            pytest.raises(grpc.aio.AioRpcError) as raised,
+        ):
+            await channel.unary_unary(method, None, None)(BAD_UTF8, timeout=5)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "does not decode" in str(raised.value.details())
+        assert REACHED == []
+        assert [(r["event"], r["log_level"], r["method"]) for r in logs] == [
+            ("rpc_request_undecodable", "warning", method)
+        ]
+        assert "\\xff" not in repr(logs)
+        good = health_pb2.HealthCheckRequest(service="ok").SerializeToString()
+        assert await channel.unary_unary(method, None, None)(good, timeout=5) == b"decoded"
+        assert REACHED == ["ok"]
+        samples = _samples(metrics)
+        assert (
+            samples[("grpc_server_handled_total", _labels("Decoded", grpc_code="INVALID_ARGUMENT"))]
+            == 1.0
+        )
+        assert samples[("grpc_server_handled_total", _labels("Decoded", grpc_code="OK"))] == 1.0
+
+    async def test_a_streaming_reply_too(
+        self, served: tuple[RpcMetrics, Call, grpc.aio.Channel]
+    ) -> None:
+        """A server-streaming method's undecodable request answers INVALID_ARGUMENT too."""
+        _, _, channel = served
+        REACHED.clear()
+        stream = channel.unary_stream(f"/{SERVICE}/DecodedStream", None, None)(BAD_UTF8, timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            _ = [m async for m in stream]
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert REACHED == []
+
+
+class TestActivity:
+    async def test_started_and_ended_over_every_method(
+        self, served: tuple[RpcMetrics, Call, grpc.aio.Channel]
+    ) -> None:
+        """activity() is (calls started, calls ended) over all methods and codes."""
+        metrics, call, _ = served
+        assert metrics.activity() == (0, 0)
+        for name in ("Ok", "Abort", "Fail", "Ok"):
+            await call(name, b"x")
+        assert metrics.activity() == (4, 4)

@@ -19,6 +19,7 @@ import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
+from offpath.kit.rpcmetrics import RpcMetrics
 from offpath.kit.server import STARTUP_ERROR_EXIT, StartupError, run_service, serve
 from offpath.kit.settings import ServerSettings, SettingsError
 from offpath.kit.workers import reserve_port
@@ -65,8 +66,12 @@ class Harness:
     """Runs serve() as a task, records its lifecycle in ``order`` (hooks, the log events
     it emits, what a client observed), and learns the bound port from ``server_started``."""
 
-    def __init__(self, *, grace_s: float = TIMEOUT_S, stop_event: bool = True) -> None:
+    def __init__(
+        self, *, grace_s: float = TIMEOUT_S, stop_event: bool = True, drain: bool = False
+    ) -> None:
         self.order: list[str] = []
+        # With drain: RPC metrics counted, and their activity given to serve().
+        self.metrics = RpcMetrics() if drain else None
         self.settings = ServerSettings(host="127.0.0.1", port=0, metrics_port=0, grace_s=grace_s)
         self.stop: asyncio.Event | None = asyncio.Event() if stop_event else None
         self.slow = SlowService(self.order)
@@ -111,6 +116,8 @@ class Harness:
                 self.settings,
                 service_names=[SLOW_SERVICE],
                 add_servicers=self.slow.add_to,
+                interceptors=[self.metrics.interceptor] if self.metrics else [],
+                activity=self.metrics.activity if self.metrics else None,
                 on_started=self.on_started,
                 on_stopped=self.on_stopped,
                 stop_event=self.stop,
@@ -279,9 +286,54 @@ class TestShutdownOrder:
 
 
 class TestGrace:
-    async def test_in_flight_rpc_finishes_before_on_stopped(self, harness: Harness) -> None:
+    @pytest.mark.parametrize("drain", [False, True], ids=["no-drain", "drain"])
+    async def test_in_flight_rpc_finishes_before_on_stopped(self, drain: bool) -> None:
         """An RPC under way when the stop comes is allowed to finish (new calls are already
-        refused), and only then do the server stop and on_stopped follow."""
+        refused, also after a drain: it waits for queued calls, not for running ones), and
+        only then do the server stop and on_stopped follow."""
+        harness = Harness(drain=drain)
+        with _captured(harness):
+            try:
+                await self._in_flight_rpc_finishes(harness)
+            finally:
+                await harness.close()
+
+    async def test_drain_answers_every_call_already_sent(self) -> None:
+        """Hundreds of calls sent as the stop comes: with the drain, every one is
+        answered OK, none CANCELLED (gRPC core cancels at shutdown the calls grpc.aio has
+        not taken yet), and serve() still ends well within the grace."""
+        harness = Harness(drain=True, grace_s=5.0)
+        harness.slow.release.set()  # every Wait answers at once
+        with _captured(harness):
+            try:
+                harness.start()
+                await harness.wait_started()
+                call = harness.channel.unary_unary(
+                    SLOW_METHOD, request_serializer=None, response_deserializer=None
+                )
+                await call(b"", timeout=TIMEOUT_S)
+
+                async def one() -> str:
+                    try:
+                        await call(b"", timeout=TIMEOUT_S)
+                    except grpc.aio.AioRpcError as error:
+                        return error.code().name
+                    return "OK"
+
+                calls = [asyncio.ensure_future(one()) for _ in range(300)]
+                await asyncio.sleep(0)
+                began = time.monotonic()
+                assert harness.stop is not None
+                harness.stop.set()
+                outcomes = await asyncio.gather(*calls)
+                await harness.finished()
+                took = time.monotonic() - began
+            finally:
+                await harness.close()
+        assert sorted(set(outcomes)) == ["OK"]
+        assert took < 5.0
+
+    async def _in_flight_rpc_finishes(self, harness: Harness) -> None:
         harness.start()
         await harness.wait_started()
         slow = harness.channel.unary_unary(

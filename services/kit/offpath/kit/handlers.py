@@ -11,6 +11,9 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import grpc
+import structlog
+
+_log = structlog.get_logger("offpath.rpc")
 
 if TYPE_CHECKING:
     Context = grpc.aio.ServicerContext[Any, Any]
@@ -70,12 +73,19 @@ def kind_of(
 
 
 def rebuilt(
-    handler: grpc.RpcMethodHandler[Any, Any], wrapped: Behaviour
+    handler: grpc.RpcMethodHandler[Any, Any],
+    wrapped: Behaviour,
+    *,
+    tolerant: bool = False,
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    """A handler of ``handler``'s kind and (de)serializers calling ``wrapped``."""
+    """A handler of ``handler``'s kind and (de)serializers calling ``wrapped``;
+    ``tolerant``: with :func:`tolerant_deserializer` around the request's."""
+    deserializer = handler.request_deserializer
+    if tolerant and deserializer is not None:
+        deserializer = tolerant_deserializer(deserializer)
     return _FACTORIES[streaming(handler)](
         wrapped,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=deserializer,
         response_serializer=handler.response_serializer,
     )
 
@@ -84,19 +94,59 @@ def wrapped(
     handler: Handler,
     coroutine: Callable[[Behaviour], Behaviour],
     generator: Callable[[Behaviour], Behaviour],
+    *,
+    tolerant: bool = False,
 ) -> Handler:
     """``handler`` with its behaviour wrapped by ``coroutine`` or ``generator``
     (by how grpc.aio runs it, :func:`kind_of`); a handler neither fits (a
-    sync one) is returned as it is."""
+    sync one) is returned as it is. ``tolerant`` (for a single request only):
+    a request that does not decode reaches the wrapper as an
+    :class:`Undecodable` (see :func:`tolerant_deserializer`)."""
     behaviour = behaviour_of(handler)
     if behaviour is None:
         return handler
+    tolerant = tolerant and not handler.request_streaming
     kind = kind_of(handler, behaviour)
     if kind == "coroutine":
-        return rebuilt(handler, coroutine(behaviour))
+        return rebuilt(handler, coroutine(behaviour), tolerant=tolerant)
     if kind == "generator":
-        return rebuilt(handler, generator(behaviour))
+        return rebuilt(handler, generator(behaviour), tolerant=tolerant)
     return handler
+
+
+class Undecodable:
+    """A request whose bytes did not decode as the method's request message
+    (invalid UTF-8 in a string field, a wrong wire type, truncated bytes).
+    grpc.aio answers an exception out of a deserializer with UNKNOWN and logs
+    a traceback; a wrapper that receives this instead answers
+    INVALID_ARGUMENT (:func:`refuse_undecodable`)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def tolerant_deserializer(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """``deserialize``, returning an :class:`Undecodable` where it raises."""
+
+    def tolerant(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:
+            return Undecodable(f"{type(exc).__name__}: {exc}")
+
+    return tolerant
+
+
+async def refuse_undecodable(request: Undecodable, method: str, context: Context) -> None:
+    """End the call with INVALID_ARGUMENT and one warning line (a client's
+    mistake, not ours: no traceback, and never the bytes it sent)."""
+    _log.warning("rpc_request_undecodable", method=method, error=request.error)
+    await context.abort(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"the request does not decode as {method}'s request message ({request.error})",
+    )
 
 
 class WrappingInterceptor(_ServerInterceptor):

@@ -127,6 +127,7 @@ async def run(
             service_names=[SERVICE_NAME],
             add_servicers=add,
             interceptors=interceptors,
+            activity=rpc_metrics.activity,
             on_started=started,
             on_stopped=stopped,
             stop_event=stop_event,
