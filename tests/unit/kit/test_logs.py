@@ -18,8 +18,11 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health as health_module
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from offpath.emitter import AnalyticsInterceptor
+from offpath.emitter.interceptor import EVENT_ID_METADATA
 from offpath.kit.health import HealthServicer
 from offpath.kit.logs import configure_logging
+from offpath.testing.recorders import ListRecorder
 from offpath.testing.waits import eventually
 
 SECRET = "s3cr3t-request-body"
@@ -115,8 +118,8 @@ class Server:
     """A grpc.aio server on a free loopback port with a health servicer and a service whose
     methods raise."""
 
-    def __init__(self, health: Any) -> None:
-        self.server = grpc.aio.server()
+    def __init__(self, health: Any, interceptors: Any = ()) -> None:
+        self.server = grpc.aio.server(interceptors=interceptors)
         health_pb2_grpc.add_HealthServicer_to_server(health, self.server)
         handlers = {
             "Fail": grpc.unary_unary_rpc_method_handler(_fail),
@@ -225,3 +228,34 @@ class TestGrpcErrors:
         assert record["event"] == "rpc_handler_failed"
         assert record["error_type"] == DecodeError.__name__
         assert _frames(record)[-1]["name"] == "_decode_own_data"
+
+
+class TestEventIdOnErrorLines:
+    async def test_a_failed_calls_line_names_its_event_id(self, logs: LogStream) -> None:
+        """With analytics on, grpc.aio's error line for an exception out of a handler carries
+        the call's event id: the one the client got in its trailer."""
+        recorder = ListRecorder()
+        running = Server(HealthServicer(), interceptors=[AnalyticsInterceptor(recorder)])
+        await running.server.start()
+        try:
+            call = running.channel.unary_unary(
+                f"/{FAILING_SERVICE}/Fail", request_serializer=None, response_deserializer=None
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await call(b"", timeout=TIMEOUT_S)
+            await eventually(lambda: bool(logs.named("rpc_handler_failed")), TIMEOUT_S)
+        finally:
+            await running.channel.close(None)
+            await running.server.stop(None)
+        trailer = dict(raised.value.trailing_metadata() or ())
+        event_id = trailer[EVENT_ID_METADATA]
+        (record,) = logs.named("rpc_handler_failed")
+        assert record["event_id"] == event_id
+        assert [r.event_id for r in recorder.records] == [event_id]
+
+    async def test_without_a_note_no_event_id(self, logs: LogStream, server: Server) -> None:
+        """A failure with no event id known (no analytics) has no event_id field."""
+        assert await server.call(f"/{FAILING_SERVICE}/Fail") == grpc.StatusCode.UNKNOWN
+        await eventually(lambda: bool(logs.named("rpc_handler_failed")), TIMEOUT_S)
+        (record,) = logs.named("rpc_handler_failed")
+        assert "event_id" not in record

@@ -71,6 +71,7 @@ from offpath.kit.handlers import (
     wrapped,
 )
 from offpath.kit.ids import new_id
+from offpath.kit.logs import event_id_note
 
 log = structlog.get_logger("offpath.emitter")
 
@@ -163,7 +164,10 @@ def _intercept_coroutine(site: _Site, behaviour: Behaviour) -> Behaviour:
         except asyncio.CancelledError:
             await call.finish_awaiting(cancelled_code(context))
             raise
-        except Exception:
+        except Exception as exc:
+            # grpc.aio logs an exception out of a handler: the note puts the
+            # call's event id on that line (offpath.kit.logs reads it).
+            exc.add_note(event_id_note(call.rpc.event_id))
             await call.finish_awaiting(failed_code(context))
             raise
         finally:
@@ -190,7 +194,10 @@ def _intercept_generator(site: _Site, behaviour: Behaviour) -> Behaviour:
         except asyncio.CancelledError:
             await call.finish_awaiting(cancelled_code(context))
             raise
-        except Exception:
+        except Exception as exc:
+            # grpc.aio logs an exception out of a handler: the note puts the
+            # call's event id on that line (offpath.kit.logs reads it).
+            exc.add_note(event_id_note(call.rpc.event_id))
             await call.finish_awaiting(failed_code(context))
             raise
         finally:

@@ -25,7 +25,7 @@ import sys
 import traceback
 from collections.abc import MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
@@ -63,6 +63,24 @@ def _client_caused(error: BaseException) -> str | None:
     return None
 
 
+# An exception carrying a call's event id (PEP 678 note), added where the
+# event id is known (the analytics interceptor) and read here into the log
+# line of the exception, which grpc.aio writes.
+_EVENT_ID_NOTE: Final = "offpath event_id="
+
+
+def event_id_note(event_id: str) -> str:
+    """The note that puts ``event_id`` on the log line of the exception it is added to."""
+    return _EVENT_ID_NOTE + event_id
+
+
+def _noted_event_id(error: BaseException) -> str | None:
+    for note in getattr(error, "__notes__", ()):
+        if isinstance(note, str) and note.startswith(_EVENT_ID_NOTE):
+            return note[len(_EVENT_ID_NOTE) :]
+    return None
+
+
 def grpc_handler_errors(
     _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
@@ -79,6 +97,9 @@ def grpc_handler_errors(
     exc_info = event_dict.get("exc_info")
     error = exc_info[1] if isinstance(exc_info, tuple) else None
     event_dict["method"] = match["method"]
+    event_id = _noted_event_id(error) if isinstance(error, BaseException) else None
+    if event_id is not None:
+        event_dict["event_id"] = event_id
     event = _client_caused(error) if isinstance(error, BaseException) else None
     if event is None:
         event_dict.update(event="rpc_handler_failed", error_type=match["type"])
