@@ -247,7 +247,7 @@ class TestEventIdOnErrorLines:
         finally:
             await running.channel.close(None)
             await running.server.stop(None)
-        trailer = dict(raised.value.trailing_metadata() or ())
+        trailer = {str(k): v for k, v in raised.value.trailing_metadata() or ()}
         event_id = trailer[EVENT_ID_METADATA]
         (record,) = logs.named("rpc_handler_failed")
         assert record["event_id"] == event_id
