@@ -247,8 +247,10 @@ class TestEventIdOnErrorLines:
         finally:
             await running.channel.close(None)
             await running.server.stop(None)
-        trailer = {str(k): v for k, v in raised.value.trailing_metadata() or ()}
-        event_id = trailer[EVENT_ID_METADATA]
+        trailer: object = raised.value.trailing_metadata()
+        # grpc-stubs type it as grpc.Call's tuple; grpc.aio returns its Metadata.
+        assert isinstance(trailer, grpc.aio.Metadata)
+        event_id = str(trailer[EVENT_ID_METADATA])
         (record,) = logs.named("rpc_handler_failed")
         assert record["event_id"] == event_id
         assert [r.event_id for r in recorder.records] == [event_id]
