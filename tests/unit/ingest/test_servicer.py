@@ -281,7 +281,7 @@ class TestListEvents:
         UNAVAILABLE from DynamoDB refusing the query), without a store call."""
         error = await _status(api.stub.ListEvents(ingest_pb2.ListEventsRequest(page_token=token)))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert error.details() == "page_token is not one this service issued"
+        assert (error.details() or "").startswith("page_token is not one this service issued")
         assert api.ddb.journal.of("query") == []
 
     @pytest.mark.parametrize("page_size", [-1, MAX_PAGE_SIZE + 1])

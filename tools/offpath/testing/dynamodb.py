@@ -159,10 +159,19 @@ class FakeTable:
 class FakeDynamoDb:
     """In-memory DynamoDB; ``journal`` records every call (and injects faults)."""
 
-    def __init__(self, *, page_items: int = 1000) -> None:
+    def __init__(
+        self,
+        *,
+        page_items: int = 1000,
+        read_hook: Callable[[str, Mapping[str, Any]], None] | None = None,
+    ) -> None:
         self.journal = CallJournal()
         self.tables: dict[str, FakeTable] = {}
         self.page_items = page_items
+        # Called with the operation and its request on the caller's thread at
+        # every GetItem and Query, once journaled and before it is answered:
+        # a test makes reads slow (a sleep, a wait for an event) or watches them.
+        self.read_hook = read_hook
         self._unprocessed: deque[int | None] = deque()
         # Conditional writes from several threads (the store's puts) check
         # and write as one step, as DynamoDB does per item.
@@ -424,6 +433,8 @@ class FakeDynamoDb:
 
     def get_item(self, **kwargs: Unpack[GetItemInputTypeDef]) -> GetItemOutputTypeDef:
         scripted = self.journal.record("get_item", kwargs)
+        if self.read_hook is not None:
+            self.read_hook("get_item", kwargs)
         if scripted is not None:
             return cast("GetItemOutputTypeDef", scripted)
         table = self._table(kwargs["TableName"], "GetItem")
@@ -437,6 +448,8 @@ class FakeDynamoDb:
 
     def query(self, **kwargs: Unpack[QueryInputTypeDef]) -> QueryOutputTypeDef:
         scripted = self.journal.record("query", kwargs)
+        if self.read_hook is not None:
+            self.read_hook("query", kwargs)
         if scripted is not None:
             return cast("QueryOutputTypeDef", scripted)
         table = self._table(kwargs["TableName"], "Query")

@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import heapq
 import random
+import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -107,10 +109,86 @@ _BACKOFF_BASE_S = 0.05
 _BACKOFF_CAP_S = 2.0
 MAX_RANGE_DAYS = 31
 _TOP = 10
+# The times reads serve: 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z
+# (a protobuf Timestamp reaches back to year 1, but nothing is stored before
+# 1970, and the sort keys' four-digit years end in 9999).
+TIME_MIN_NS: Final = 0
+TIME_MAX_NS: Final = 253_402_300_799 * 1_000_000_000 + 999_999_999
+# A cursor as list() returns it: a sort key (an occurred-at time then an event
+# id, lower case), or a day's edge (the time then nothing, or then "~").
+_CURSOR: Final = re.compile(
+    r"(?P<time>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{9}Z)#(?:[0-9a-f-]{1,36}|~)?"
+)
 
 
 class WriteError(RuntimeError):
     """Items could not be written; the caller must not acknowledge them."""
+
+
+class ReadStopped(Exception):
+    """A read stopped before it finished: its caller went away
+    (``reason == "cancelled"``) or its time ran out (``"deadline"``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ReadBudget:
+    """What one read may spend, checked before every DynamoDB request it makes.
+
+    - ``cancel()`` (from any thread: the caller went away) and the hard
+      deadline stop the read: the next check raises :class:`ReadStopped`.
+    - ``max_requests`` and the soft deadline are where a ListEvents page may
+      end early, at a consistent point, once it has made progress (see
+      :meth:`EventStore.list`); other reads ignore them.
+
+    A request in flight is not interrupted (a boto3 call cannot be): a read
+    stops within one request of its flag or deadline, and one request takes
+    at most the DynamoDB client's read timeout times its attempts.
+    Deadlines are ``time.monotonic()`` values; None: no limit.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_requests: int | None = None,
+        soft_deadline: float | None = None,
+        hard_deadline: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_requests = max_requests
+        self.soft_deadline = soft_deadline
+        self.hard_deadline = hard_deadline
+        self.requests = 0
+        self._clock = clock
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def charge(self) -> None:
+        """Before one DynamoDB request: raise :class:`ReadStopped` if the
+        read must stop, else count the request."""
+        if self._cancelled.is_set():
+            raise ReadStopped("cancelled")
+        if self.hard_deadline is not None and self._clock() >= self.hard_deadline:
+            raise ReadStopped("deadline")
+        self.requests += 1
+
+    def spent(self) -> bool:
+        """Whether the read has made its requests or used its soft time."""
+        if self.max_requests is not None and self.requests >= self.max_requests:
+            return True
+        return self.soft_deadline is not None and self._clock() >= self.soft_deadline
+
+
+class _PageCut(Exception):
+    """Raised inside a listing to end the page early (budget spent)."""
 
 
 def iso_ns(ns: int) -> str:
@@ -482,8 +560,12 @@ class EventStore:
         return {"Update": request}
 
     # -- reading -----------------------------------------------------------
+    # Every read takes a ReadBudget (default: unlimited) and charges it
+    # before each DynamoDB request, so its caller can stop it between
+    # requests and bound what one call costs.
 
-    def get(self, event_id: str) -> StoredEvent | None:
+    def get(self, event_id: str, *, budget: ReadBudget | None = None) -> StoredEvent | None:
+        (budget or ReadBudget()).charge()
         response = self._client.get_item(
             TableName=self._table,
             Key={TABLE_KEY: {"S": event_id}},
@@ -493,13 +575,13 @@ class EventStore:
         item = response.get("Item")
         return None if item is None else _stored(item)
 
-    def _days(self, start_ns: int, end_ns: int, newest_first: bool) -> list[str]:
-        first, last = _day(start_ns), _day(end_ns - 1)
-        days = []
-        day = first
-        while day <= last:
-            days.append(f"{day:%Y-%m-%d}")
-            day += timedelta(days=1)
+    @staticmethod
+    def _days(start_ns: int, end_ns: int, newest_first: bool) -> list[str]:
+        """The UTC days [start, end) touches (``YYYY-MM-DD``), in order."""
+        _check_span(start_ns, end_ns)
+        first, last = _day(start_ns).date(), _day(end_ns - 1).date()
+        # Counted, not stepped past the last day: 9999-12-31 has no next day.
+        days = [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
         return days[::-1] if newest_first else days
 
     def _query_bucket(
@@ -509,10 +591,11 @@ class EventStore:
         high: str,
         *,
         newest_first: bool,
-        limit: int | None,
-        projection: str | None = None,
+        limit: int,
+        before_request: Callable[[], None],
     ) -> Iterator[dict[str, Any]]:
-        """Items of one time partition with low <= sk <= high, in order."""
+        """Items of one time partition with low <= sk <= high, in order, at
+        most ``limit``; ``before_request`` runs before each Query."""
         kwargs: dict[str, Any] = {
             "TableName": self._table,
             "IndexName": TIME_INDEX,
@@ -525,18 +608,16 @@ class EventStore:
             },
             "ScanIndexForward": not newest_first,
         }
-        if projection is not None:
-            kwargs["ProjectionExpression"] = projection
         yielded = 0
         while True:
-            if limit is not None:
-                kwargs["Limit"] = limit - yielded
+            kwargs["Limit"] = limit - yielded
+            before_request()
             response = self._client.query(**kwargs)
             for item in response.get("Items", []):
                 yield item
                 yielded += 1
             last = response.get("LastEvaluatedKey")
-            if not last or (limit is not None and yielded >= limit):
+            if not last or yielded >= limit:
                 return
             kwargs["ExclusiveStartKey"] = last
 
@@ -548,57 +629,103 @@ class EventStore:
         page_size: int,
         newest_first: bool = False,
         cursor: str | None = None,
+        budget: ReadBudget | None = None,
     ) -> tuple[list[StoredEvent], str | None]:
         """Events with start <= occurred_at < end, ordered by time; returns
         the page and the cursor for the next one (None at the end). A cursor
-        must come from a page of the same range (:meth:`cursor_fits`)."""
+        must come from a page of the same range (:meth:`cursor_fits`); the
+        days before it (after it, newest first) are not read again.
+
+        The page may hold fewer than ``page_size`` events and still have a
+        next cursor, as a DynamoDB Query does: once the budget is spent
+        (``max_requests`` Queries made, or the soft deadline passed) and
+        the listing has moved past ``cursor``, the page ends where
+        everything before it has been read: after its last event, or at
+        the end of the last day read. So each call makes progress, however
+        sparse the range, and its work is about ``max_requests`` Queries
+        (plus at most one per shard to make the progress)."""
+        if page_size < 1:
+            raise ValueError(f"page_size {page_size} is below 1")
+        budget = budget or ReadBudget()
         low, high = _sort_bounds(start_ns, end_ns)
+        days = self._days(start_ns, end_ns, newest_first)
         if cursor is not None:
             if not self.cursor_fits(start_ns, end_ns, cursor):
                 raise ValueError(f"cursor {cursor[:80]!r} is outside the range")
             if newest_first:
                 high = min(high, cursor)
+                days = [day for day in days if day <= cursor[:10]]
             else:
                 low = max(low, cursor)
+                days = [day for day in days if day >= cursor[:10]]
         page: list[dict[str, Any]] = []
+        # Everything on the page's side of `position` has been read: it is
+        # the next page's cursor whenever this one ends early.
+        position = cursor
+
+        def before_request() -> None:
+            if position != cursor and budget.spent():
+                raise _PageCut
+            budget.charge()
+
         more = False
-        for day in self._days(start_ns, end_ns, newest_first):
-            # +2: one more than fits tells whether there is a next page, and
-            # the cursor item itself (BETWEEN is inclusive) may be among them.
-            want = page_size - len(page)
-            streams = [
-                self._query_bucket(
-                    f"{day}#{shard}", low, high, newest_first=newest_first, limit=want + 2
+        try:
+            for day in days:
+                # +2: one more than fits tells whether there is a next page, and
+                # the cursor item itself (BETWEEN is inclusive) may be among them.
+                want = page_size - len(page)
+                streams = [
+                    self._query_bucket(
+                        f"{day}#{shard}",
+                        low,
+                        high,
+                        newest_first=newest_first,
+                        limit=want + 2,
+                        before_request=before_request,
+                    )
+                    for shard in range(self._shards)
+                ]
+                merged: Iterable[dict[str, Any]] = heapq.merge(
+                    *streams, key=lambda item: item[TIME_SORT]["S"], reverse=newest_first
                 )
-                for shard in range(self._shards)
-            ]
-            merged: Iterable[dict[str, Any]] = heapq.merge(
-                *streams, key=lambda item: item[TIME_SORT]["S"], reverse=newest_first
-            )
-            for item in merged:
-                if item[TIME_SORT]["S"] == cursor:
-                    continue  # BETWEEN is inclusive; the cursor was the last page's end
-                if len(page) == page_size:
-                    more = True
+                for item in merged:
+                    sort_key = item[TIME_SORT]["S"]
+                    if sort_key == cursor:
+                        continue  # BETWEEN is inclusive; the cursor was the last page's end
+                    if len(page) == page_size:
+                        more = True
+                        break
+                    page.append(item)
+                    position = sort_key
+                if more:
                     break
-                page.append(item)
-            if more:
-                break
-        next_cursor = page[-1][TIME_SORT]["S"] if more and page else None
+                position = _day_edge(day, newest_first)
+        except _PageCut:
+            more = True
+        next_cursor = position if more else None
         return [_stored(item) for item in page], next_cursor
 
     @staticmethod
     def cursor_fits(start_ns: int, end_ns: int, cursor: str) -> bool:
         """Whether ``cursor`` can be the end of a page of [start, end): a sort
-        key inside the range's bounds. No I/O: a forged page token is refused
-        before it reaches DynamoDB."""
-        low, high = _sort_bounds(start_ns, end_ns)
-        return low <= cursor <= high
+        key (an occurred-at time, canonical, inside the range, then an event
+        id, or a day's edge) as :meth:`list` returns them. No I/O: a forged
+        page token is refused before it reaches DynamoDB."""
+        match = _CURSOR.fullmatch(cursor)
+        if match is None:
+            return False
+        try:
+            moment = _parse_iso_ns(match["time"])
+        except ValueError:
+            return False
+        return iso_ns(moment) == match["time"] and start_ns <= moment < end_ns
 
-    def summary(self, start_ns: int, end_ns: int) -> Summary:
+    def summary(self, start_ns: int, end_ns: int, *, budget: ReadBudget | None = None) -> Summary:
         """Totals over the rollup buckets that start in [floor(start), end):
         one Query per UTC day of the range (more pages only past 1 MB), so
-        the cost follows the range, not the traffic."""
+        the cost follows the range, not the traffic. All or nothing: a
+        budget's cancel or hard deadline stops it (:class:`ReadStopped`)."""
+        budget = budget or ReadBudget()
         first = rollups.bucket_start_ns(start_ns, self._bucket_s)
         totals = rollups.Totals()
         reads = 0
@@ -621,6 +748,7 @@ class EventStore:
                 },
             }
             while True:
+                budget.charge()
                 response = self._client.query(**kwargs)
                 reads += 1
                 for item in response.get("Items", []):
@@ -675,7 +803,10 @@ def _summary(totals: rollups.Totals, bucket_s: int, start: int, end: int, reads:
         },
         bucket_s=bucket_s,
         covered_start_ns=start,
-        covered_end_ns=rollups.bucket_start_ns(end - 1, bucket_s) + bucket_s * _NS_PER_S,
+        # The last bucket of 9999-12-31 ends past the last time a Timestamp holds.
+        covered_end_ns=min(
+            rollups.bucket_start_ns(end - 1, bucket_s) + bucket_s * _NS_PER_S, TIME_MAX_NS
+        ),
         reads=reads,
     )
 
@@ -696,6 +827,17 @@ def _error_code(exc: ClientError) -> str:
 
 def _capacity(consumed: Mapping[str, Any] | None) -> float:
     return float((consumed or {}).get("CapacityUnits", 0.0))
+
+
+def _check_span(start_ns: int, end_ns: int) -> None:
+    """ValueError unless [start, end) is a non-empty range of times reads serve."""
+    if not TIME_MIN_NS <= start_ns < end_ns <= TIME_MAX_NS + 1:
+        raise ValueError(f"[{start_ns}, {end_ns}) is not a range of times reads serve")
+
+
+def _day_edge(day: str, newest_first: bool) -> str:
+    """The cursor after every item of ``day`` (before, newest first)."""
+    return f"{day}T00:00:00.000000000Z#" if newest_first else f"{day}T23:59:59.999999999Z#~"
 
 
 def _sort_bounds(start_ns: int, end_ns: int) -> tuple[str, str]:
