@@ -536,6 +536,7 @@ class TestStats:
             "dropped": {},
             "spooled": 0,
             "replayed": 0,
+            "recovered": 0,
         }
         await emitter.shutdown()
 

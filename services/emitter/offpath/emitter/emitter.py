@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -27,7 +28,7 @@ import structlog
 from offpath.emitter.record import EventRecord
 from offpath.emitter.sender import Sender, SenderThread
 from offpath.emitter.settings import EmitterSettings
-from offpath.emitter.sink import CallLatencies, EventSink
+from offpath.emitter.sink import CallLatencies, EventSink, SendProgress, live_progress
 
 log = structlog.get_logger("offpath.emitter")
 
@@ -42,7 +43,14 @@ class EmitterStats:
     every enqueued event ends up ``sent``, dropped under another reason, or
     ``spooled`` (kept on disk for a later send), and until then is pending.
     ``replayed`` counts events sent from the spool: enqueued by an earlier
-    sender or process, so outside this identity."""
+    sender or process, so outside this identity; ``recovered`` the events a
+    sender found in the write-ahead logs of senders that died (sent again
+    from the spool).
+
+    ``requests`` and ``retries`` move as each SQS call ends, during an
+    outage too; ``outcomes`` splits the requests by what they came to;
+    ``retrying`` (a gauge) is how many events wait for SQS in a retry loop
+    now; ``spool_files`` and ``spool_bytes`` (gauges) what the spool holds."""
 
     enqueued: int = 0
     sent: int = 0
@@ -53,6 +61,11 @@ class EmitterStats:
     replayed: int = 0
     # How long the SQS calls took.
     latencies: CallLatencies = field(default_factory=CallLatencies)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    retrying: int = 0
+    recovered: int = 0
+    spool_files: int = 0
+    spool_bytes: int = 0
 
     @property
     def emitted(self) -> int:
@@ -61,15 +74,11 @@ class EmitterStats:
     def snapshot(self) -> EmitterStats:
         # dict.copy is one C call under the GIL: safe while the loop thread
         # adds a reason (a metrics scrape reads from another thread).
-        return EmitterStats(
-            self.enqueued,
-            self.sent,
-            self.requests,
-            self.retries,
-            Counter(dict.copy(self.dropped)),
-            self.spooled,
-            self.replayed,
-            self.latencies.copy(),
+        return dataclasses.replace(
+            self,
+            dropped=Counter(dict.copy(self.dropped)),
+            latencies=self.latencies.copy(),
+            outcomes=Counter(dict.copy(self.outcomes)),
         )
 
     def as_dict(self) -> dict[str, object]:
@@ -81,6 +90,7 @@ class EmitterStats:
             "dropped": dict(self.dropped),
             "spooled": self.spooled,
             "replayed": self.replayed,
+            "recovered": self.recovered,
         }
 
 
@@ -114,6 +124,22 @@ class EmitterLifecycle:
             self._shutdown_done.set_result(None)
         return self.stats
 
+    def _report_lost(self) -> None:
+        """At shutdown: one ``events_lost`` line with every event this run gave
+        up on, by reason (the metrics endpoint may be gone before a scrape
+        sees the last of them; the log line stays). Silent when none was."""
+        stats = self.stats
+        lost = {reason: n for reason, n in sorted(stats.dropped.items()) if n}
+        if lost:
+            log.error(
+                "events_lost",
+                total=sum(lost.values()),
+                by_reason=lost,
+                emitted=stats.emitted,
+                sent=stats.sent,
+                spooled=stats.spooled,
+            )
+
     def _report_drops(self) -> None:
         """Log drops since the last report, off the request path."""
         dropped = self.stats.dropped
@@ -138,6 +164,11 @@ class Emitter(EmitterLifecycle):
         self._clock = clock
         self._buffer: deque[EventRecord] = deque()
         self._stats = EmitterStats()
+        # The SQS calls: counted live by the sink when it can (during an
+        # outage too), else from each export's result when it returns.
+        live = live_progress(sink)
+        self._calls = live if live is not None else SendProgress()
+        self._calls_from_results = live is None
         self._in_flight = 0
         self._stopping = False
         self._stop_deadline = float("inf")
@@ -183,7 +214,9 @@ class Emitter(EmitterLifecycle):
             raise RuntimeError("emitter already started")
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
-        self._sender = SenderThread(Sender(self._sink, self._settings.producer_id))
+        self._sender = SenderThread(
+            Sender(self._sink, self._settings.producer_id, self._settings.query_text_policy())
+        )
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name="offpath-emitter-flusher"
         )
@@ -206,7 +239,14 @@ class Emitter(EmitterLifecycle):
     @property
     def stats(self) -> EmitterStats:
         """A snapshot of the counters."""
-        return self._stats.snapshot()
+        stats = self._stats.snapshot()
+        calls = self._calls.copy()
+        stats.outcomes = calls.outcomes
+        stats.requests = calls.requests
+        stats.retries = calls.retries
+        stats.retrying = calls.retrying
+        stats.latencies = calls.latencies
+        return stats
 
     @property
     def pending(self) -> int:
@@ -243,13 +283,14 @@ class Emitter(EmitterLifecycle):
             # Never started: no thread ever used the sink.
             Sender(self._sink, self._settings.producer_id).close()
         self._report_drops()
+        self._report_lost()
         log.info(
             "emitter_stopped",
             sender="thread",
             sender_burst_max_us=(
                 round(self._sender.burst_max_ns / 1000, 1) if self._sender is not None else None
             ),
-            **self._stats.as_dict(),
+            **self.stats.as_dict(),
         )
 
     # -- the flusher --------------------------------------------------------
@@ -288,7 +329,6 @@ class Emitter(EmitterLifecycle):
                 finally:
                     self._in_flight = 0
                 self._stats.sent += result.sent
-                self._stats.requests += result.requests
-                self._stats.retries += result.retries
-                self._stats.latencies.add(result.latencies)
+                if self._calls_from_results:
+                    self._calls.add(result)
                 self._stats.dropped.update(result.dropped)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from offpath.emitter.base import EventEmitter
-from offpath.emitter.sink import CALL_BUCKETS_S
+from offpath.emitter.sink import CALL_BUCKETS_S, OUTCOMES
 from offpath.kit.metrics import HistogramSample, Sample
 
 # Every reason an event can be dropped for, so each series exists from the
@@ -63,15 +63,45 @@ def emitter_samples(emitter: EventEmitter) -> list[Sample | HistogramSample]:
         ),
         Sample(
             "offpath_emitter_sqs_requests",
-            "SendMessageBatch calls, retries included.",
+            "SendMessageBatch calls, retries included, by outcome, counted as each ends "
+            "(during an outage too).",
             "counter",
-            {(): stats.requests},
+            {
+                (outcome,): stats.outcomes[outcome]
+                for outcome in sorted({*OUTCOMES, *stats.outcomes})
+            },
+            labels=("outcome",),
         ),
         Sample(
             "offpath_emitter_sqs_retries",
-            "SendMessageBatch calls that resent something.",
+            "SendMessageBatch calls that resent something, counted as each is scheduled.",
             "counter",
             {(): stats.retries},
+        ),
+        Sample(
+            "offpath_emitter_sqs_retrying_events",
+            "Events whose SendMessageBatch failed and that wait for another attempt now.",
+            "gauge",
+            {(): stats.retrying},
+        ),
+        Sample(
+            "offpath_emitter_events_recovered",
+            "Events found at start in the write-ahead logs of senders that died "
+            "(kill -9, crash), kept in the spool to be sent again.",
+            "counter",
+            {(): stats.recovered},
+        ),
+        Sample(
+            "offpath_emitter_spool_files",
+            "Spool files waiting to be replayed.",
+            "gauge",
+            {(): stats.spool_files},
+        ),
+        Sample(
+            "offpath_emitter_spool_bytes",
+            "Bytes of the spool files waiting to be replayed.",
+            "gauge",
+            {(): stats.spool_bytes},
         ),
         HistogramSample(
             "offpath_emitter_sqs_request_duration_seconds",

@@ -70,7 +70,9 @@ class _Tally:
     dropped: Counter[str] = field(default_factory=Counter)
     spooled: int = 0
     replayed: int = 0
+    recovered: int = 0
     latencies: CallLatencies = field(default_factory=CallLatencies)
+    outcomes: Counter[str] = field(default_factory=Counter)
 
     def add(self, other: _Tally) -> None:
         self.received += other.received
@@ -80,7 +82,9 @@ class _Tally:
         self.dropped.update(other.dropped)
         self.spooled += other.spooled
         self.replayed += other.replayed
+        self.recovered += other.recovered
         self.latencies.add(other.latencies)
+        self.outcomes.update(other.outcomes)
 
 
 @dataclass
@@ -94,6 +98,11 @@ class _SenderState:
     reader: FrameReader = field(default_factory=FrameReader)
     tally: _Tally = field(default_factory=_Tally)
     buffered: int = 0
+    # Gauges of the live sender: events waiting for an SQS retry, and what
+    # its spool holds for replay (files, bytes).
+    retrying: int = 0
+    spool_files: int = 0
+    spool_bytes: int = 0
     finished: bool = False  # it sent its final report: it read the pipe to the end
 
 
@@ -253,6 +262,7 @@ class ProcessEmitter(EmitterLifecycle):
         tally = self._tally()
         dropped = Counter(self._dropped)
         dropped.update(tally.dropped)
+        sender = self._sender
         return EmitterStats(
             enqueued=self._enqueued,
             sent=tally.sent,
@@ -262,6 +272,11 @@ class ProcessEmitter(EmitterLifecycle):
             spooled=tally.spooled,
             replayed=tally.replayed,
             latencies=tally.latencies,
+            outcomes=tally.outcomes,
+            recovered=tally.recovered,
+            retrying=sender.retrying if sender is not None else 0,
+            spool_files=sender.spool_files if sender is not None else 0,
+            spool_bytes=sender.spool_bytes if sender is not None else 0,
         )
 
     @property
@@ -302,6 +317,7 @@ class ProcessEmitter(EmitterLifecycle):
         if self._loop is None:
             self._dropped["shutdown_unsent"] += len(self._backlog)
             self._backlog.clear()
+            self._report_lost()
             log.info("emitter_stopped", sender="process", **self.stats.as_dict())
             return
         if self._respawn is not None:
@@ -343,6 +359,7 @@ class ProcessEmitter(EmitterLifecycle):
         os.close(self._read_fd)
         self._read_fd = -1
         self._report_drops()
+        self._report_lost()
         log.info(
             "emitter_stopped",
             sender="process",
@@ -438,9 +455,14 @@ class ProcessEmitter(EmitterLifecycle):
             dropped=Counter(report.get("dropped", {})),
             spooled=int(report.get("spooled", 0)),
             replayed=int(report.get("replayed", 0)),
+            recovered=int(report.get("recovered", 0)),
             latencies=CallLatencies.from_dict(report.get("latencies")),
+            outcomes=Counter(report.get("outcomes", {})),
         )
         state.buffered = int(report.get("buffered", 0))
+        state.retrying = int(report.get("retrying", 0))
+        state.spool_files = int(report.get("spool_files", 0))
+        state.spool_bytes = int(report.get("spool_bytes", 0))
         if report.get("final"):
             state.finished = True
         if report.get("ready") and not state.ready.done():
@@ -462,7 +484,7 @@ class ProcessEmitter(EmitterLifecycle):
         if lost > 0:
             tally.dropped["sender_lost"] += lost
         self._ended.add(tally)
-        state.tally, state.buffered = _Tally(), 0
+        state.tally, state.buffered, state.retrying = _Tally(), 0, 0
         if not state.ready.done():
             state.ready.set_exception(RuntimeError(f"sender exited with code {code}"))
         if not state.exited.done():

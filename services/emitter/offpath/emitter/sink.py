@@ -54,6 +54,59 @@ class CallLatencies:
         return cls()
 
 
+# What one backend call came to, for ``offpath_emitter_sqs_requests_total{outcome}``:
+# every entry accepted, some entries failed (retried or rejected), throttled,
+# a 5xx, another error response, or no response at all (connection refused,
+# timed out).
+OUTCOMES: Final = ("ok", "partial", "throttled", "server_error", "client_error", "unreachable")
+
+
+@dataclass(slots=True)
+class SendProgress:
+    """A sink's backend calls as they happen: cumulative counters written by
+    the one thread that uses the sink, after each call (not when an export
+    ends), so a scrape during an outage sees attempts and retries move. Read
+    from any thread: ints and a dict copied under the GIL.
+
+    ``retrying`` is a gauge: events of the export in progress that failed at
+    least once and wait for another attempt."""
+
+    outcomes: Counter[str] = field(default_factory=Counter)
+    retries: int = 0
+    retrying: int = 0
+    latencies: CallLatencies = field(default_factory=CallLatencies)
+
+    @property
+    def requests(self) -> int:
+        return sum(dict.copy(self.outcomes).values())
+
+    def add(self, result: ExportResult) -> None:
+        """Count an export's calls after it ended (a sink without live progress)."""
+        if result.outcomes:
+            self.outcomes.update(result.outcomes)
+        elif result.requests:
+            self.outcomes["ok" if not result.dropped else "unreachable"] += result.requests
+        self.retries += result.retries
+        self.latencies.add(result.latencies)
+
+    def copy(self) -> SendProgress:
+        return SendProgress(
+            Counter(dict.copy(self.outcomes)), self.retries, self.retrying, self.latencies.copy()
+        )
+
+
+class ReportsProgress(Protocol):
+    """A sink that counts its calls live (:class:`SendProgress`)."""
+
+    progress: SendProgress
+
+
+def live_progress(sink: object) -> SendProgress | None:
+    """The sink's live call counters, when it keeps them."""
+    progress = getattr(sink, "progress", None)
+    return progress if isinstance(progress, SendProgress) else None
+
+
 @dataclass(slots=True)
 class ExportResult:
     """What one export did with the events it was given: every event is
@@ -64,6 +117,7 @@ class ExportResult:
     sent: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     requests: int = 0  # calls made to the backend, retries included
+    outcomes: Counter[str] = field(default_factory=Counter)  # the calls by outcome
     retries: int = 0  # calls that resent something that failed before
     unsent: list[analytics_pb2.AnalyticsEvent] = field(default_factory=list)
     # How long each call to the backend took, failed ones included.
@@ -73,6 +127,7 @@ class ExportResult:
         self.sent += other.sent
         self.dropped.update(other.dropped)
         self.requests += other.requests
+        self.outcomes.update(other.outcomes)
         self.retries += other.retries
         self.unsent.extend(other.unsent)
         self.latencies.add(other.latencies)

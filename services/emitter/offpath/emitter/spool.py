@@ -2,13 +2,14 @@
 
 Two kinds of file, each a run of records ``<length:4><crc32:4><AnalyticsEvent>``:
 
-- ``wal-<pid>-<n>.events``: the write-ahead log of the batch the sender
-  ``<pid>`` is assembling. Every event it reads from the pipe is appended,
-  and the file is fsync'd at least every ``sync_every_s``: that is the fsync
-  point. When the batch is done (sent, dropped, or parked) the file is
-  deleted. If the sender dies, its WAL stays; the next sender adopts it as
-  a spool file and sends it again (at least once: ingest keys events by id,
-  so a resend overwrites).
+- ``wal-<pid>-<n>.events``: the write-ahead log of a batch of the sender
+  ``<pid>``. Every event it reads from the pipe is appended to the current
+  WAL, and the file is fsync'd at least every ``sync_every_s``: that is the
+  fsync point. When the batch is handed to the backend its WAL is sealed
+  (later events go to a new one), and when the batch is done (sent,
+  dropped, or parked) the file is deleted. If the sender dies, its WALs
+  stay; the next sender adopts them as spool files and sends them again (at
+  least once: ingest keys events by id, so a resend overwrites).
 - ``spool-<time>-<pid>-<n>.events``: events that could not be sent within
   the retry deadline (SQS down) or before shutdown. The sender replays
   them, oldest file first, after a send succeeds and when it starts.
@@ -23,6 +24,7 @@ a damaged file cannot cause a crash loop.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import os
 import struct
@@ -46,6 +48,42 @@ _SUFFIX: Final = ".events"
 
 def _record(data: bytes) -> bytes:
     return _HEADER.pack(len(data), zlib.crc32(data)) + data
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """What a sender found at start: the WALs of dead senders it adopted
+    (``orphan_*``: events a killed sender had read and not finished), and
+    everything the spool then holds for replay (``pending_*``, adopted WALs
+    included; events counted by their record headers), and damaged files
+    set aside earlier (``corrupt_files``)."""
+
+    orphan_files: int = 0
+    orphan_events: int = 0
+    orphan_bytes: int = 0
+    pending_files: int = 0
+    pending_events: int = 0
+    pending_bytes: int = 0
+    corrupt_files: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not (self.orphan_files or self.pending_files or self.corrupt_files)
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+def count_records(data: bytes) -> int:
+    """How many whole records ``data`` holds, by their headers (checksums unchecked)."""
+    count = offset = 0
+    while len(data) - offset >= _HEADER.size:
+        length, _ = _HEADER.unpack_from(data, offset)
+        offset += _HEADER.size + length
+        if offset > len(data):
+            break
+        count += 1
+    return count
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,14 +174,25 @@ class Spool:
         os.fsync(self._wal.fileno())
         self._synced_at, self._dirty = now, False
 
-    def batch_done(self) -> None:
-        """The batch the WAL covers was sent, dropped or parked: forget it."""
+    def seal(self) -> Path | None:
+        """Close the current WAL (synced) and return its path: its batch is
+        being sent; events logged from now on go to a new WAL."""
+        path = self._wal_path
         if self._wal is not None:
+            self.sync(force=True)
             self._wal.close()
-        if self._wal_path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self._wal_path.unlink()
         self._wal, self._wal_path, self._wal_events, self._dirty = None, None, 0, False
+        return path
+
+    def discard(self, path: Path | None) -> None:
+        """The batch a sealed WAL covers was sent, dropped or parked: forget it."""
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def batch_done(self) -> None:
+        """The batch the current WAL covers was sent, dropped or parked: forget it."""
+        self.discard(self.seal())
 
     # -- parked events -------------------------------------------------------------
 
@@ -174,7 +223,12 @@ class Spool:
     def adopt_orphans(self) -> int:
         """Turn the WALs of senders that died into spool files; returns how
         many events they hold (their checksums are checked on replay)."""
-        adopted = 0
+        return self.recover().orphan_events
+
+    def recover(self) -> Recovery:
+        """At start: adopt the WALs of senders that died (as spool files),
+        then take stock of what the spool holds."""
+        files = events = size = 0
         for path in sorted(self._dir.glob(f"wal-*{_SUFFIX}")):
             try:
                 pid = int(path.name.split("-")[1])
@@ -182,12 +236,39 @@ class Spool:
                 continue
             if pid == self._pid or _pid_alive(pid):
                 continue
-            adopted += len(read_file(path).events)
-            target = self._dir / f"spool-{time.time_ns():020d}-{pid}-orphan{_SUFFIX}"
+            data = path.read_bytes()
+            files += 1
+            events += count_records(data)
+            size += len(data)
+            target = self._dir / f"spool-{time.time_ns():020d}-{pid}-orphan-{files}{_SUFFIX}"
             path.rename(target)
-        if adopted:
+        if files:
             self._sync_dir()
-        return adopted
+        pending_files = pending_events = pending_bytes = 0
+        for path in self._dir.glob(f"spool-*{_SUFFIX}"):
+            with contextlib.suppress(FileNotFoundError):
+                data = path.read_bytes()
+                pending_files += 1
+                pending_events += count_records(data)
+                pending_bytes += len(data)
+        return Recovery(
+            orphan_files=files,
+            orphan_events=events,
+            orphan_bytes=size,
+            pending_files=pending_files,
+            pending_events=pending_events,
+            pending_bytes=pending_bytes,
+            corrupt_files=len(list(self._dir.glob("*.corrupt"))),
+        )
+
+    def holding(self) -> tuple[int, int]:
+        """(files, bytes) the spool holds for replay now."""
+        files = size = 0
+        for path in self._dir.glob(f"spool-*{_SUFFIX}"):
+            with contextlib.suppress(FileNotFoundError):
+                size += path.stat().st_size
+                files += 1
+        return files, size
 
     def oldest(self) -> Path | None:
         """The spool file to replay next."""

@@ -3,12 +3,16 @@ them with ``SendMessageBatch``.
 
 Runs on the emitter's sender thread, never on the event loop. Packing is
 bounded by events per message and by bytes (per message and per call: SQS
-limits both to the same size). Transport throttling and 5xx are retried by
-botocore (``standard`` mode); this class retries what botocore cannot: the
-``Failed`` entries of a partly failed batch and calls that failed after
-botocore gave up, with full-jitter backoff until the deadline. On FIFO
-queues the batch id is the MessageDeduplicationId, so a resend after a lost
-response is not a duplicate; the producer id is the MessageGroupId.
+limits both to the same size). Every attempt is this class's own (its
+client makes one attempt per call, botocore retries nothing), so each one is
+counted as it ends, by outcome (:data:`~offpath.emitter.sink.OUTCOMES`), in
+:attr:`SqsSink.progress`: a scrape during an outage sees the attempts and
+retries move, and how many events wait for a retry. Throttling, 5xx,
+connection errors and the ``Failed`` entries of a partly failed batch are
+retried (only the failed entries) with full-jitter backoff until the
+deadline. On FIFO queues the batch id is the MessageDeduplicationId, so a
+resend after a lost response is not a duplicate; the producer id is the
+MessageGroupId.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from offpath.emitter.settings import MESSAGES_PER_CALL, EmitterSettings
-from offpath.emitter.sink import ExportResult
+from offpath.emitter.sink import ExportResult, SendProgress
 from offpath.kit import aws
 from offpath.kit.backoff import Backoff
 from offpath.kit.ids import new_id
@@ -50,6 +54,39 @@ log = structlog.get_logger("offpath.emitter.sqs")
 # The first retry waits up to 0.4 s, doubling to at most 5 s.
 _BACKOFF_BASE_S = 0.4
 _BACKOFF_CAP_S = 5.0
+# Error codes SQS (and the AWS query protocol) use for throttling.
+_THROTTLING_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "AWS.SimpleQueueService.RequestThrottled",
+        "TooManyRequestsException",
+        "SlowDown",
+    }
+)
+
+
+def call_outcome(exc: BotoCoreError | ClientError) -> str:
+    """What a failed call came to: ``throttled``, ``server_error`` (5xx),
+    ``client_error`` (another error response) or ``unreachable`` (no
+    response: refused, timed out, cut)."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if error.get("Code") in _THROTTLING_CODES or status == 429:
+            return "throttled"
+        if isinstance(status, int) and status >= 500:
+            return "server_error"
+        return "client_error"
+    return "unreachable"
+
+
+def _default_client() -> SqsSendClient:
+    # One attempt per call: the sink's own loop retries, counting each attempt.
+    return aws.sqs_client(aws.client_config(max_attempts=1))
 
 
 class SqsSendClient(QueueUrlClient, Protocol):
@@ -94,7 +131,9 @@ class SqsSink:
         rng: Callable[[], float] = random.random,
     ) -> None:
         self._settings = settings
-        self._client_factory = client_factory or (lambda: aws.sqs_client())
+        self._client_factory = client_factory or _default_client
+        # Every call as it ends (read by the metrics while an outage lasts).
+        self.progress = SendProgress()
         self._client: SqsSendClient | None = None
         self._queue_url = settings.queue_url
         self._sleep = sleep
@@ -195,64 +234,85 @@ class SqsSink:
 
     def _send(self, call: list[_Entry], deadline: float) -> ExportResult:
         result = ExportResult()
+        progress = self.progress
         pending = {item.entry["Id"]: item for item in call}
+        waiting = 0  # events of this call counted in progress.retrying
         attempt = 0
-        while True:
-            error: str | None = None
-            try:
-                client = self._client or self._connect()
-                url = self._queue_url or self._resolve(client)
-                result.requests += 1
-                called = time.perf_counter_ns()
+        try:
+            while True:
+                error: str | None = None
+                outcome: str | None = None  # None: no SendMessageBatch made (the look-up failed)
                 try:
-                    response = client.send_message_batch(
-                        QueueUrl=url, Entries=[item.entry for item in pending.values()]
-                    )
-                finally:
-                    result.latencies.observe(time.perf_counter_ns() - called)
-            except (BotoCoreError, ClientError) as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            else:
-                for ok in response.get("Successful", []):
-                    item = pending.pop(ok["Id"], None)
-                    if item is not None:
-                        result.sent += item.events
-                failed = response.get("Failed", [])
-                for failure in failed:
-                    if failure.get("SenderFault"):
-                        item = pending.pop(failure["Id"], None)
+                    client = self._client or self._connect()
+                    url = self._queue_url or self._resolve(client)
+                    outcome = "ok"
+                    result.requests += 1
+                    called = time.perf_counter_ns()
+                    try:
+                        response = client.send_message_batch(
+                            QueueUrl=url, Entries=[item.entry for item in pending.values()]
+                        )
+                    finally:
+                        elapsed = time.perf_counter_ns() - called
+                        result.latencies.observe(elapsed)
+                        progress.latencies.observe(elapsed)
+                except (BotoCoreError, ClientError) as exc:
+                    error = f"{type(exc).__name__}: {exc}"
+                    if outcome is not None:
+                        outcome = call_outcome(exc)
+                else:
+                    for ok in response.get("Successful", []):
+                        item = pending.pop(ok["Id"], None)
                         if item is not None:
-                            result.dropped["rejected"] += item.events
-                            log.error(
-                                "sqs_entry_rejected",
-                                code=failure.get("Code"),
-                                message=failure.get("Message"),
-                                events=item.events,
-                            )
-                if pending:
-                    error = (
-                        "; ".join(f"{f.get('Code')}: {f.get('Message')}" for f in failed)
-                        or "entries neither successful nor failed"
-                    )
-            if not pending:
-                return result
-            attempt += 1
-            delay = self._backoff.delay(attempt)
-            events = sum(item.events for item in pending.values())
-            if self._clock() + delay > deadline:
-                result.dropped["send_failed"] += events
-                result.unsent.extend(e for item in pending.values() for e in item.batch.events)
-                log.error("sqs_send_gave_up", attempts=attempt, events=events, error=error)
-                return result
-            log.warning(
-                "sqs_send_retry",
-                attempt=attempt,
-                events=events,
-                delay_s=round(delay, 3),
-                error=error,
-            )
-            result.retries += 1
-            self._sleep(delay)
+                            result.sent += item.events
+                    failed = response.get("Failed", [])
+                    for failure in failed:
+                        if failure.get("SenderFault"):
+                            item = pending.pop(failure["Id"], None)
+                            if item is not None:
+                                result.dropped["rejected"] += item.events
+                                log.error(
+                                    "sqs_entry_rejected",
+                                    code=failure.get("Code"),
+                                    message=failure.get("Message"),
+                                    events=item.events,
+                                )
+                    if pending or failed:
+                        outcome = "partial"
+                    if pending:
+                        error = (
+                            "; ".join(f"{f.get('Code')}: {f.get('Message')}" for f in failed)
+                            or "entries neither successful nor failed"
+                        )
+                if outcome is not None:
+                    result.outcomes[outcome] += 1
+                    progress.outcomes[outcome] += 1
+                events = sum(item.events for item in pending.values())
+                # The gauge follows what of this call still waits for SQS.
+                progress.retrying += events - waiting
+                waiting = events
+                if not pending:
+                    return result
+                attempt += 1
+                delay = self._backoff.delay(attempt)
+                if self._clock() + delay > deadline:
+                    result.dropped["send_failed"] += events
+                    result.unsent.extend(e for item in pending.values() for e in item.batch.events)
+                    log.error("sqs_send_gave_up", attempts=attempt, events=events, error=error)
+                    return result
+                log.warning(
+                    "sqs_send_retry",
+                    attempt=attempt,
+                    events=events,
+                    outcome=outcome,
+                    delay_s=round(delay, 3),
+                    error=error,
+                )
+                result.retries += 1
+                progress.retries += 1
+                self._sleep(delay)
+        finally:
+            progress.retrying -= waiting
 
     def prepare(self) -> None:
         """Make the client and look up the queue URL now. The first call pays
