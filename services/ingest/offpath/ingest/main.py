@@ -10,12 +10,19 @@ after its visibility timeout, so nothing is lost.
 With ``OFFPATH_INGEST_POLLERS=0`` it serves the read API alone and makes no
 SQS call: the queue is consumed elsewhere (the Lambda function,
 :mod:`offpath.ingest.lambda_handler`).
+
+With read tokens configured (``OFFPATH_INGEST_READ_TOKENS`` or
+``OFFPATH_INGEST_READ_TOKENS_FILE``), every read method needs
+``authorization: Bearer <token>`` (:mod:`offpath.kit.auth`); health and
+reflection stay open.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import threading
+from typing import Any
 
 import grpc
 import structlog
@@ -26,6 +33,7 @@ from offpath.ingest.servicer import SERVICE_NAME, IngestServicer
 from offpath.ingest.settings import IngestSettings
 from offpath.ingest.store import EventStore
 from offpath.kit import aws
+from offpath.kit.auth import BearerTokenInterceptor
 from offpath.kit.metrics import MetricsEndpoint
 from offpath.kit.rpcmetrics import RpcMetrics
 from offpath.kit.server import run_service, serve
@@ -34,6 +42,36 @@ from offpath.v1 import ingest_pb2_grpc
 log = structlog.get_logger("offpath.ingest")
 
 CONSUMER_THREAD = "offpath-ingest-consumer"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the port to this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def read_api_interceptors(settings: IngestSettings) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
+    """The bearer-token check of the read API when tokens are configured;
+    logs whether the read API is guarded, and warns when it is open on an
+    address other machines reach."""
+    host = settings.server.host
+    if settings.read_tokens:
+        log.info("read_api_auth", auth="bearer", tokens=len(settings.read_tokens))
+        return [BearerTokenInterceptor(settings.read_tokens, [SERVICE_NAME])]
+    if is_loopback(host):
+        log.info("read_api_auth", auth="none", host=host)
+    else:
+        log.warning(
+            "read_api_open",
+            host=host,
+            detail="anyone who reaches this port reads the stored events: "
+            "set OFFPATH_INGEST_READ_TOKENS_FILE (or OFFPATH_INGEST_READ_TOKENS)",
+        )
+    return []
 
 
 async def run(settings: IngestSettings, stop_event: asyncio.Event | None = None) -> None:
@@ -95,7 +133,8 @@ async def run(settings: IngestSettings, stop_event: asyncio.Event | None = None)
         server,
         service_names=[SERVICE_NAME],
         add_servicers=add,
-        interceptors=[rpc_metrics.interceptor],
+        # Metrics first: refused calls are counted (UNAUTHENTICATED) too.
+        interceptors=[rpc_metrics.interceptor, *read_api_interceptors(settings)],
         on_started=started,
         on_stopped=stopped,
         stop_event=stop_event,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from offpath.ingest.store import rollup_table_for
 from offpath.kit import defaults
@@ -26,6 +28,8 @@ ENV_TIME_SHARDS = "OFFPATH_DDB_TIME_SHARDS"
 ENV_TABLE_NAME = "OFFPATH_DDB_TABLE"
 ENV_ROLLUP_TABLE_NAME = "OFFPATH_DDB_ROLLUP_TABLE"
 ENV_ROLLUP_BUCKET_MINUTES = "OFFPATH_ROLLUP_BUCKET_MINUTES"
+ENV_READ_TOKENS = "OFFPATH_INGEST_READ_TOKENS"
+ENV_READ_TOKENS_FILE = "OFFPATH_INGEST_READ_TOKENS_FILE"
 
 DEFAULT_TABLE_NAME = "offpath-events"
 # Long polls return at once when messages arrive; an idle one costs a
@@ -73,6 +77,57 @@ def _bucket_minutes(env: Mapping[str, str]) -> int:
     return minutes
 
 
+# A read token is a random secret, not a password someone types: at least
+# 16 characters (e.g. `openssl rand -hex 32`), of those a header value can
+# carry without quoting (no spaces, no commas: they separate tokens).
+MIN_READ_TOKEN_LENGTH = 16
+_TOKEN = re.compile(r"[\x21-\x2b\x2d-\x7e]+")
+
+
+def _checked_token(token: str, where: str) -> str:
+    # The message names where the token came from, never the token.
+    if not _TOKEN.fullmatch(token):
+        raise SettingsError(
+            f"{where}: a read token holds printable ASCII only, without spaces or commas"
+        )
+    if len(token) < MIN_READ_TOKEN_LENGTH:
+        raise SettingsError(
+            f"{where}: a read token is at least {MIN_READ_TOKEN_LENGTH} characters "
+            "(generate one: openssl rand -hex 32)"
+        )
+    return token
+
+
+def read_tokens_from_env(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The tokens AnalyticsIngest's read API accepts: those of
+    ``OFFPATH_INGEST_READ_TOKENS`` (comma-separated) and those of the file
+    ``OFFPATH_INGEST_READ_TOKENS_FILE`` (one a line; blank lines and ``#``
+    comments skipped). Empty: the read API is open."""
+    tokens: list[str] = []
+    listed = env_optional_str(env, ENV_READ_TOKENS)
+    if listed is not None:
+        for index, item in enumerate(listed.split(","), 1):
+            if item.strip():
+                tokens.append(_checked_token(item.strip(), f"{ENV_READ_TOKENS} (item {index})"))
+    path = env_optional_str(env, ENV_READ_TOKENS_FILE)
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise SettingsError(f"{ENV_READ_TOKENS_FILE}={path} cannot be read: {reason}") from None
+        found = 0
+        for number, line in enumerate(text.splitlines(), 1):
+            line = line.strip()
+            if line and not line.startswith("#"):
+                tokens.append(_checked_token(line, f"{ENV_READ_TOKENS_FILE}={path} line {number}"))
+                found += 1
+        if not found:
+            # An empty Secret must not open the API it was meant to close.
+            raise SettingsError(f"{ENV_READ_TOKENS_FILE}={path} holds no token")
+    return tuple(dict.fromkeys(tokens))
+
+
 @dataclass(frozen=True, slots=True)
 class IngestSettings:
     server: ServerSettings
@@ -86,6 +141,8 @@ class IngestSettings:
     rollup_table: str = ""
     rollup_bucket_minutes: int = _DEFAULT_ROLLUP_BUCKET_MINUTES
     pollers: int = _DEFAULT_POLLERS
+    # Secrets: kept out of repr, so that printing the settings shows none.
+    read_tokens: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def log_level(self) -> str:
@@ -117,4 +174,5 @@ class IngestSettings:
             pollers=env_int(
                 env, ENV_POLLERS, _DEFAULT_POLLERS, minimum=READ_ONLY_POLLERS, maximum=_MAX_POLLERS
             ),
+            read_tokens=read_tokens_from_env(env),
         )
