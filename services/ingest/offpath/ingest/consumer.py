@@ -1,12 +1,29 @@
 """The SQS consumer: long-polls the queue, writes events, then acknowledges.
 
 A message is deleted only after all of its events are durably written (at
-least once in; the store's key makes the effect exactly once). A message
-that can never be processed (wrong schema, not base64, not an
-AnalyticsBatch) is sent to the dead-letter queue with the reason in the
-``offpath-dlq-reason`` attribute and deleted at once, so it does not wait
-out three receives or hold up its FIFO group. Invalid events inside a good
-batch are split off into their own dead-lettered batch; the rest are written.
+least once in; the store's key makes the effect exactly once). What can
+never be stored goes to the dead-letter queue with the reason in the
+``offpath-dlq-reason`` attribute, on its first receive, and never holds up
+the other messages of the receive:
+
+- a message :func:`offpath.ingest.decode.decode` calls poison (not ours,
+  not a batch, another message type, no events, no storable event) is
+  dead-lettered as it came and deleted at once;
+- the invalid events of a good batch (out-of-range times, bad ids,
+  oversize, ...) are split off into a dead-lettered batch of their own once
+  the valid ones are written;
+- a message the store refuses for good (DynamoDB's ``ValidationException``,
+  a ``ValueError`` or ``OverflowError`` from converting its events: retrying
+  can never succeed) is dead-lettered whole with the store's reason. When
+  messages written together fail that way, each is written again alone, so
+  only the one the store refuses is dead-lettered and the others land;
+- a message received more than :data:`MAX_RECEIVES` times (the queue's
+  ``maxReceiveCount``, which SQS applies itself; this backstop is for an
+  endpoint that does not, such as moto) is dead-lettered with "received N
+  times" instead of being tried again.
+
+Every dead letter is logged once (``message_dead_lettered`` or
+``events_dead_lettered``: message id, reason, event ids; never query text).
 
 ``pollers`` threads (boto3 is synchronous) each long-poll and process on
 their own; SQS keeps FIFO order per message group, since it hands out none
@@ -16,12 +33,16 @@ receive asks for :data:`VISIBILITY_S` of invisibility, and a
 processed after half of that, so a slow DynamoDB never lets another poller
 receive a message a first one is still writing.
 
-When writing fails, nothing of the good messages is deleted: they are put
+When the store is unavailable (throttling past botocore's retries, 5xx,
+no connection, a missing table or permission: nothing about the message),
+nothing of the good messages is deleted or dead-lettered: they are put
 back with a backoff delay as their visibility (``ChangeMessageVisibility``),
 and the poller waits before its next receive, so an unavailable or
 throttling DynamoDB is retried less and less often instead of in a tight
 receive-fail loop. Each receive still counts towards the queue's
-``maxReceiveCount``, after which SQS moves the message to the DLQ.
+``maxReceiveCount``, after which SQS moves the message to the DLQ. Any
+other error writing one message (a bug) backs that message off the same way
+without holding up the others.
 A ``DeleteMessageBatch`` entry that fails on SQS's side is retried; one
 whose receipt handle is no longer valid is counted and left: SQS redelivers
 it and its events overwrite themselves.
@@ -36,22 +57,21 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Final, Protocol, Unpack
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, Unpack
 
 import structlog
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
+from offpath.ingest.decode import Decoded, Poison, decode, problems
 from offpath.ingest.store import WriteError
 from offpath.kit.backoff import Backoff
-from offpath.kit.ids import is_uuid, new_id
+from offpath.kit.ids import new_id
 from offpath.kit.sqs import (
     MAX_REASON_CHARS,
     MESSAGE_ATTRIBUTES,
-    PoisonMessage,
     QueueNames,
     QueueUrlClient,
     dead_letter_message,
-    decode_message,
     encode_batch,
     queue_url,
 )
@@ -222,41 +242,91 @@ class LagHistogram:
         return total
 
 
-@dataclass(slots=True)
-class _Decoded:
-    message: dict[str, Any]
-    batch: analytics_pb2.AnalyticsBatch
-    valid: list[analytics_pb2.AnalyticsEvent] = field(default_factory=list)
-    invalid: list[tuple[analytics_pb2.AnalyticsEvent, str]] = field(default_factory=list)
+# The queue's maxReceiveCount (offpath.dev.bootstrap and deploy/aws set 3):
+# SQS moves a message to the DLQ instead of a fourth receive. The consumer
+# dead-letters one received more often itself, for endpoints that do not
+# apply the redrive policy (moto).
+MAX_RECEIVES: Final = 3
+# Event ids named in a dead letter's log line (then a count).
+_LOGGED_EVENT_IDS: Final = 20
+# DynamoDB error codes that say the request itself is wrong: writing the same
+# message again fails the same way. Cancellation reasons of a transaction too.
+_REFUSED_CODES: Final = frozenset({"ValidationException", "SerializationException"})
+_REFUSED_CANCELLATIONS: Final = frozenset({"ValidationError"})
+# Errors of our own conversion of an event (times, numbers): deterministic.
+_REFUSED_ERRORS: Final = (ValueError, OverflowError)
 
 
-def event_problem(event: analytics_pb2.AnalyticsEvent) -> str | None:
-    """Why an event cannot be stored, or None."""
-    if not is_uuid(event.event_id):
-        return f"event_id {event.event_id[:64]!r} is not a UUID"
-    if event.occurred_at.seconds <= 0:
-        return f"event {event.event_id} has no occurred_at"
-    return None
+@dataclass(frozen=True, slots=True)
+class StoreFailure:
+    """What a failed write says about its message.
+
+    - ``refused``: the message can never be written (DynamoDB refused the
+      request as invalid, or converting its events raised): dead-letter it.
+    - ``unavailable``: the store is (throttled, 5xx, unreachable, missing,
+      forbidden): nothing about the message; retry later, dead-letter nothing.
+    - ``error``: anything else (a bug): retry later, and let SQS's redrive
+      policy be the backstop.
+    """
+
+    kind: Literal["refused", "unavailable", "error"]
+    detail: str
 
 
-# Shared with offpath.ingest.lambda_handler: a message is taken apart and its
-# invalid events dead-lettered the same way whoever received it.
+def store_failure(exc: BaseException) -> StoreFailure:
+    """Classify an exception raised by :meth:`EventWriter.write` (the
+    :class:`WriteError` and whatever it was raised from)."""
+    seen: set[int] = set()
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    for error in chain:
+        if isinstance(error, ClientError):
+            body: Any = error.response
+            code = str(body.get("Error", {}).get("Code", ""))
+            message = str(body.get("Error", {}).get("Message", ""))[:300]
+            reasons = {str(r.get("Code")) for r in body.get("CancellationReasons", []) or []}
+            if code in _REFUSED_CODES or reasons & _REFUSED_CANCELLATIONS:
+                return StoreFailure("refused", f"DynamoDB {code}: {message}")
+            return StoreFailure("unavailable", f"DynamoDB {code}: {message}")
+        if isinstance(error, ParamValidationError):
+            # botocore refused to build the request from this message's items.
+            return StoreFailure("refused", f"{type(error).__name__}: {str(error)[:300]}")
+        if isinstance(error, BotoCoreError):
+            return StoreFailure("unavailable", f"{type(error).__name__}: {error}")
+    for error in chain:
+        if isinstance(error, _REFUSED_ERRORS):
+            return StoreFailure("refused", f"{type(error).__name__}: {str(error)[:300]}")
+    if type(exc) is WriteError and exc.__cause__ is None:
+        # The store's own give-up (transaction conflicts past its retries).
+        return StoreFailure("unavailable", str(exc)[:300])
+    return StoreFailure("error", f"{type(exc).__name__}: {str(exc)[:300]}")
 
 
-def split_events(
-    batch: analytics_pb2.AnalyticsBatch,
-) -> tuple[list[analytics_pb2.AnalyticsEvent], list[tuple[analytics_pb2.AnalyticsEvent, str]]]:
-    """A decoded batch's events: those the store takes, and those it never
-    can, each with why (:func:`event_problem`)."""
-    valid: list[analytics_pb2.AnalyticsEvent] = []
-    invalid: list[tuple[analytics_pb2.AnalyticsEvent, str]] = []
-    for event in batch.events:
-        problem = event_problem(event)
-        if problem is None:
-            valid.append(event)
-        else:
-            invalid.append((event, problem))
-    return valid, invalid
+def receive_limit_reason(receive_count: int, limit: int = MAX_RECEIVES) -> str | None:
+    """Why a message received ``receive_count`` times is dead-lettered
+    without another try, or None while under the queue's maxReceiveCount."""
+    if receive_count <= limit:
+        return None
+    return (
+        f"received {receive_count} times, more than the queue's maxReceiveCount ({limit}); "
+        "not tried again"
+    )
+
+
+def event_ids(events: Iterable[analytics_pb2.AnalyticsEvent]) -> list[str]:
+    """Event ids for a dead letter's log line: the first few, then a count."""
+    ids = [event.event_id[:64] for event in events]
+    if len(ids) > _LOGGED_EVENT_IDS:
+        return [*ids[:_LOGGED_EVENT_IDS], f"(+{len(ids) - _LOGGED_EVENT_IDS} more)"]
+    return ids
+
+
+# Shared with offpath.ingest.lambda_handler: a message's invalid events are
+# dead-lettered the same way whoever received it.
 
 
 def invalid_events_letter(
@@ -273,7 +343,7 @@ def invalid_events_letter(
         events=[event for event, _ in invalid],
     )
     letter.created_at.GetCurrentTime()
-    reason = "invalid events: " + "; ".join(problem for _, problem in invalid)
+    reason = "invalid events: " + problems(invalid)
     request = dead_letter_message(
         dlq_url,
         body=encode_batch(letter),
@@ -283,6 +353,22 @@ def invalid_events_letter(
         source_id=f"{message_id}-invalid",
     )
     return request, reason
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A received message with storable events, on its way to the store."""
+
+    message: dict[str, Any]
+    decoded: Decoded
+
+    @property
+    def batch_id(self) -> str:
+        return self.decoded.batch.batch_id
+
+    @property
+    def valid(self) -> list[analytics_pb2.AnalyticsEvent]:
+        return self.decoded.valid
 
 
 def _equal_jitter(backoff: Backoff, attempt: int) -> float:
@@ -434,12 +520,15 @@ class Consumer:
         wait_seconds: int = 20,
         pollers: int = 1,
         visibility_s: int = VISIBILITY_S,
+        max_receives: int = MAX_RECEIVES,
         clock_ns: Callable[[], int] = time.time_ns,
         rng: Callable[[], float] = random.random,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if pollers < 1:
             raise ValueError(f"pollers is {pollers}; at least 1")
+        if max_receives < 1:
+            raise ValueError(f"max_receives is {max_receives}; at least 1")
         self.sqs = sqs
         self.store = store
         self._queues = queues
@@ -447,6 +536,7 @@ class Consumer:
         self._dlq_url = queues.dlq_url
         self.wait_seconds = wait_seconds
         self.visibility_s = visibility_s
+        self.max_receives = max_receives
         self.clock_ns = clock_ns
         self.rng = rng
         self.sleep = sleep
@@ -634,47 +724,121 @@ class _Poller:
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Decode, dead-letter and write; returns the messages to delete and
         those whose events could not be written."""
-        decoded: list[_Decoded] = []
+        pending: list[_Pending] = []
         handled: list[dict[str, Any]] = []
         for message in messages:
-            try:
-                batch = decode_message(
-                    message.get("Body", ""), message.get("MessageAttributes", {})
-                )
-            except PoisonMessage as poison:
-                if self._dead_letter_message(message, poison.reason):
+            verdict = decode(message.get("Body", ""), message.get("MessageAttributes", {}))
+            if isinstance(verdict, Poison):
+                if self._dead_letter_message(
+                    message, verdict.reason, kind=verdict.kind, event_ids=list(verdict.event_ids)
+                ):
                     handled.append(message)
                 continue
-            decoded.append(_Decoded(message, batch, *split_events(batch)))
+            over = receive_limit_reason(_receive_count(message), self._c.max_receives)
+            if over is not None:
+                events = [*verdict.valid, *(event for event, _ in verdict.invalid)]
+                if self._dead_letter_message(
+                    message, over, kind="receive_limit", event_ids=event_ids(events)
+                ):
+                    handled.append(message)
+                continue
+            pending.append(_Pending(message, verdict))
+        if not pending:
+            return handled, []
 
-        events = sum(len(d.valid) for d in decoded)
         ingested_ns = self._c.clock_ns()
-        try:
-            written = (
-                self._c.store.write(
-                    ((d.batch.batch_id, d.valid) for d in decoded), ingested_ns=ingested_ns
-                )
-                if events
-                else 0
-            )
-        except WriteError as exc:
-            self._write_failed(exc, messages=len(decoded), events=events)
-            return handled, [d.message for d in decoded]
-        self._write_succeeded()
-        self.stats.events_written += written
-        for d in decoded:
-            for event in d.valid:
+        written, refused, failed = self._write(pending, ingested_ns)
+        for p, failure in refused:
+            if self._dead_letter_message(
+                p.message,
+                f"the store refused the batch: {failure.detail}",
+                kind="store_refused",
+                event_ids=event_ids(p.valid),
+            ):
+                handled.append(p.message)
+        for p in written:
+            for event in p.valid:
                 self.lag.observe((ingested_ns - event.occurred_at.ToNanoseconds()) / _NS_PER_S)
-            if d.invalid and not self._dead_letter_events(d):
+            if p.decoded.invalid and not self._dead_letter_events(p):
                 continue  # not deleted: comes back, and its events overwrite
-            handled.append(d.message)
-        if written:
-            log.info("events_ingested", events=written, messages=len(decoded), poller=self.index)
-        return handled, []
+            handled.append(p.message)
+        return handled, [p.message for p, _ in failed]
+
+    def _write(
+        self, pending: Sequence[_Pending], ingested_ns: int
+    ) -> tuple[
+        list[_Pending], list[tuple[_Pending, StoreFailure]], list[tuple[_Pending, StoreFailure]]
+    ]:
+        """Write every pending message's valid events: in one store call, and
+        when that fails for anything but an unavailable store, again one
+        message at a time, so one message the store cannot take holds up no
+        other. Returns the messages written, those refused for good, and
+        those that failed (to be put back)."""
+        try:
+            count = self._c.store.write(
+                ((p.batch_id, p.valid) for p in pending), ingested_ns=ingested_ns
+            )
+        except Exception as exc:
+            failure = store_failure(exc)
+            if failure.kind == "unavailable" or len(pending) == 1:
+                outcomes = [(p, failure) for p in pending]
+                if failure.kind == "refused":
+                    return [], outcomes, []
+                self._after_write([], outcomes, count=0)
+                return [], [], outcomes
+        else:
+            self._after_write(list(pending), [], count=count)
+            return list(pending), [], []
+        written: list[_Pending] = []
+        refused: list[tuple[_Pending, StoreFailure]] = []
+        failed: list[tuple[_Pending, StoreFailure]] = []
+        count = 0
+        for p in pending:
+            try:
+                count += self._c.store.write([(p.batch_id, p.valid)], ingested_ns=ingested_ns)
+            except Exception as exc:
+                failure = store_failure(exc)
+                (refused if failure.kind == "refused" else failed).append((p, failure))
+            else:
+                written.append(p)
+        self._after_write(written, failed, count=count)
+        return written, refused, failed
+
+    def _after_write(
+        self,
+        written: Sequence[_Pending],
+        failed: Sequence[tuple[_Pending, StoreFailure]],
+        *,
+        count: int,
+    ) -> None:
+        """Counters and logs of a write: a run of failures starts when nothing
+        of a receive was written and something failed, and ends with the next
+        write that lands."""
+        self.stats.events_written += count
+        if count:
+            log.info("events_ingested", events=count, messages=len(written), poller=self.index)
+        for p, failure in failed:
+            if failure.kind == "error":
+                log.error(
+                    "store_write_error",
+                    poller=self.index,
+                    message_id=p.message.get("MessageId"),
+                    events=len(p.valid),
+                    error=failure.detail,
+                    detail="put back with a delay; SQS's redrive policy is the backstop",
+                )
+        if failed and not written:
+            self._write_failed(
+                failed[0][1].detail,
+                messages=len(failed),
+                events=sum(len(p.valid) for p, _ in failed),
+            )
+        elif written:
+            self._write_succeeded()
 
     # -- a failing store ---------------------------------------------------------------
 
-    def _write_failed(self, exc: WriteError, *, messages: int, events: int) -> None:
+    def _write_failed(self, error: str, *, messages: int, events: int) -> None:
         self.stats.write_failures += 1
         self._write_failures += 1
         if self._write_failures == 1:
@@ -683,7 +847,7 @@ class _Poller:
             log.error(
                 "store_write_failing",
                 poller=self.index,
-                error=str(exc),
+                error=error,
                 messages=messages,
                 events=events,
                 detail="messages go back with growing delays until a write succeeds",
@@ -740,32 +904,48 @@ class _Poller:
 
     # -- dead letters --------------------------------------------------------
 
-    def _dead_letter_message(self, message: dict[str, Any], reason: str) -> bool:
+    def _dead_letter_message(
+        self, message: dict[str, Any], reason: str, *, kind: str, event_ids: Sequence[str] = ()
+    ) -> bool:
+        """Send the message as it came to the DLQ with ``reason``; one log line."""
         _, dlq = self._c.urls()
+        message_id = message["MessageId"]
         request = dead_letter_message(
             dlq,
             body=message.get("Body", ""),
             attributes=message.get("MessageAttributes", {}),
             reason=reason,
-            source_id=message["MessageId"],
+            source_id=message_id,
         )
-        ok = self._send_dead_letter(request, message["MessageId"])
+        ok = self._send_dead_letter(request, message_id)
         if ok:
-            log.warning("message_dead_lettered", message_id=message["MessageId"], reason=reason)
+            log.warning(
+                "message_dead_lettered",
+                message_id=message_id,
+                kind=kind,
+                reason=reason[:MAX_REASON_CHARS],
+                event_ids=list(event_ids),
+                receive_count=_receive_count(message),
+                poller=self.index,
+            )
         return ok
 
-    def _dead_letter_events(self, decoded: _Decoded) -> bool:
+    def _dead_letter_events(self, pending: _Pending) -> bool:
         _, dlq = self._c.urls()
-        message_id = decoded.message["MessageId"]
-        request, reason = invalid_events_letter(dlq, message_id, decoded.batch, decoded.invalid)
+        message_id = pending.message["MessageId"]
+        invalid = pending.decoded.invalid
+        request, reason = invalid_events_letter(dlq, message_id, pending.decoded.batch, invalid)
         ok = self._send_dead_letter(request, f"{message_id}-invalid")
         if ok:
-            self.stats.invalid_events += len(decoded.invalid)
+            self.stats.invalid_events += len(invalid)
             log.warning(
                 "events_dead_lettered",
                 message_id=message_id,
-                events=len(decoded.invalid),
+                kind="invalid_events",
+                events=len(invalid),
                 reason=reason[:MAX_REASON_CHARS],
+                event_ids=event_ids(event for event, _ in invalid),
+                poller=self.index,
             )
         return ok
 

@@ -2,14 +2,17 @@
 source mapping (``FunctionResponseTypes: [ReportBatchItemFailures]``):
 ``offpath.ingest.lambda_handler.handler``.
 
-The core is the consumer's: each record's body is decoded by
-:func:`offpath.kit.sqs.decode_message` and its events split by
-:func:`offpath.ingest.consumer.split_events`; valid events go through
+The core is the consumer's: each record's body gets its verdict from
+:func:`offpath.ingest.decode.decode`; valid events go through
 :meth:`offpath.ingest.store.EventStore.write` (claimed under the batch id,
-so a redelivery or a re-sent batch counts nothing twice); a poison message
-and the invalid events of a good one go to the DLQ with the reason
-attribute exactly as the consumer sends them (same request, same source id,
-so a FIFO DLQ keeps one copy whoever dead-lettered it).
+so a redelivery or a re-sent batch counts nothing twice); a poison message,
+the invalid events of a good one, a record the store refuses for good
+(:func:`offpath.ingest.consumer.store_failure`) and one received more than
+the queue's ``maxReceiveCount`` go to the DLQ with the reason attribute
+exactly as the consumer sends them (same request, same source id, so a FIFO
+DLQ keeps one copy whoever dead-lettered it), on the first receive, and the
+record is then done: reporting it in ``batchItemFailures`` would only bring
+it back to fail the same way.
 
 What Lambda does instead of the consumer: it polls, hides and deletes. The
 handler never calls ``ReceiveMessage``, ``DeleteMessage`` or
@@ -20,17 +23,19 @@ receives, SQS's redrive policy moves it to the DLQ.
 
 A record is done when its events are written and whatever it had to
 dead-letter was sent. It is failed (retried) when the store write failed
-(DynamoDB unavailable, throttled past botocore's retries) or a DLQ send
-failed; rewriting is harmless. Records are handled one at a time, in
-order, each with its own write, because the response is per record. On a
-FIFO queue, once a record of a message group fails, the later records of
-that group in the batch are not touched and are reported failed too: Lambda
-deletes every record not reported, so one of them done after a failure
-would be processed out of its group's order (AWS's Lambda guide says to
-stop at the first failure; stopping only the failing group, as Powertools
-for AWS Lambda's ``skip_group_on_error`` does, keeps every group's order and
-lets the other groups through). Anything else raised (a bug) fails the
-invocation, and Lambda retries the whole batch.
+for a reason that is not the record's (DynamoDB unavailable, throttled past
+botocore's retries; or a bug in the write) or a DLQ send failed; rewriting
+is harmless. Records are handled one at a time, in order, each with its own
+write, because the response is per record, so a record the store refuses
+holds up no other. On a FIFO queue, once a record of a message group fails,
+the later records of that group in the batch are not touched and are
+reported failed too: Lambda deletes every record not reported, so one of
+them done after a failure would be processed out of its group's order
+(AWS's Lambda guide says to stop at the first failure; stopping only the
+failing group, as Powertools for AWS Lambda's ``skip_group_on_error`` does,
+keeps every group's order and lets the other groups through). Anything
+else raised (a bug outside the write) fails the invocation, and Lambda
+retries the whole batch.
 
 The clients, the store and the DLQ's URL are made on a container's first
 invocation and kept for the next ones (module state lives as long as the
@@ -45,25 +50,31 @@ from __future__ import annotations
 import base64
 import binascii
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict, Unpack
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
-from offpath.ingest.consumer import EventWriter, invalid_events_letter, split_events
+from offpath.ingest.consumer import (
+    MAX_RECEIVES,
+    EventWriter,
+    event_ids,
+    invalid_events_letter,
+    receive_limit_reason,
+    store_failure,
+)
+from offpath.ingest.decode import Poison, decode
 from offpath.ingest.settings import IngestSettings
-from offpath.ingest.store import EventStore, WriteError
+from offpath.ingest.store import EventStore
 from offpath.kit import aws
 from offpath.kit.logs import configure_logging
 from offpath.kit.settings import environ
 from offpath.kit.sqs import (
     MAX_REASON_CHARS,
-    PoisonMessage,
     QueueUrlClient,
     dead_letter_message,
-    decode_message,
     queue_url,
 )
 
@@ -144,11 +155,13 @@ class SqsBatchHandler:
         store: EventWriter,
         dlq_url: str,
         *,
+        max_receives: int = MAX_RECEIVES,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self._sqs = sqs
         self._store = store
         self._dlq_url = dlq_url
+        self._max_receives = max_receives
         self._clock_ns = clock_ns
 
     def handle(self, event: Mapping[str, Any]) -> BatchResponse:
@@ -177,42 +190,51 @@ class SqsBatchHandler:
         may delete it), False when it must come back."""
         body = str(record.get("body", ""))
         attributes = message_attributes(record.get("messageAttributes") or {})
-        try:
-            batch = decode_message(body, attributes)
-        except PoisonMessage as poison:
+        verdict = decode(body, attributes)
+        if isinstance(verdict, Poison):
             # Dead-lettered at once, as the consumer does: it would fail the
             # same way on every receive and hold up its FIFO group meanwhile.
-            request = dead_letter_message(
-                self._dlq_url,
-                body=body,
-                attributes=attributes,
-                reason=poison.reason,
-                source_id=message_id,
+            return self._dead_letter_record(
+                body, attributes, message_id, verdict.reason, verdict.kind, verdict.event_ids, stats
             )
-            if not self._send_dead_letter(request, message_id):
-                return False
-            stats.dead_lettered += 1
-            log.warning("message_dead_lettered", message_id=message_id, reason=poison.reason)
-            return True
-        valid, invalid = split_events(batch)
-        if valid:
-            try:
-                stats.events_written += self._store.write(
-                    [(batch.batch_id, valid)], ingested_ns=self._clock_ns()
+        valid, invalid = verdict.valid, verdict.invalid
+        over = receive_limit_reason(_receive_count(record), self._max_receives)
+        if over is not None:
+            ids = event_ids([*valid, *(event for event, _ in invalid)])
+            return self._dead_letter_record(
+                body, attributes, message_id, over, "receive_limit", ids, stats
+            )
+        try:
+            stats.events_written += self._store.write(
+                [(verdict.batch.batch_id, valid)], ingested_ns=self._clock_ns()
+            )
+        except Exception as exc:
+            failure = store_failure(exc)
+            if failure.kind == "refused":
+                return self._dead_letter_record(
+                    body,
+                    attributes,
+                    message_id,
+                    f"the store refused the batch: {failure.detail}",
+                    "store_refused",
+                    event_ids(valid),
+                    stats,
                 )
-            except (WriteError, BotoCoreError, ClientError) as exc:
-                log.error(
-                    "store_write_failed",
-                    message_id=message_id,
-                    events=len(valid),
-                    error=str(exc),
-                    detail="reported in batchItemFailures; rewriting it is harmless",
-                )
-                return False
+            log.error(
+                "store_write_failed",
+                message_id=message_id,
+                events=len(valid),
+                error=failure.detail,
+                kind=failure.kind,
+                detail="reported in batchItemFailures; rewriting it is harmless",
+            )
+            return False
         if invalid:
             # Only once the valid events are written, as the consumer does:
             # a record that comes back dead-letters them then.
-            request, reason = invalid_events_letter(self._dlq_url, message_id, batch, invalid)
+            request, reason = invalid_events_letter(
+                self._dlq_url, message_id, verdict.batch, invalid
+            )
             if not self._send_dead_letter(request, f"{message_id}-invalid"):
                 return False
             stats.dead_lettered += 1
@@ -220,9 +242,37 @@ class SqsBatchHandler:
             log.warning(
                 "events_dead_lettered",
                 message_id=message_id,
+                kind="invalid_events",
                 events=len(invalid),
                 reason=reason[:MAX_REASON_CHARS],
+                event_ids=event_ids(event for event, _ in invalid),
             )
+        return True
+
+    def _dead_letter_record(
+        self,
+        body: str,
+        attributes: Mapping[str, Any],
+        message_id: str,
+        reason: str,
+        kind: str,
+        ids: Sequence[str],
+        stats: BatchStats,
+    ) -> bool:
+        """Send the record as it came to the DLQ; True once sent (the record is done)."""
+        request = dead_letter_message(
+            self._dlq_url, body=body, attributes=attributes, reason=reason, source_id=message_id
+        )
+        if not self._send_dead_letter(request, message_id):
+            return False
+        stats.dead_lettered += 1
+        log.warning(
+            "message_dead_lettered",
+            message_id=message_id,
+            kind=kind,
+            reason=reason[:MAX_REASON_CHARS],
+            event_ids=list(ids),
+        )
         return True
 
     def _send_dead_letter(self, request: dict[str, Any], source_id: str) -> bool:
@@ -234,6 +284,13 @@ class SqsBatchHandler:
             log.error("dead_letter_failed", source_id=source_id, error=str(exc))
             return False
         return True
+
+
+def _receive_count(record: Mapping[str, Any]) -> int:
+    try:
+        return int((record.get("attributes") or {}).get("ApproximateReceiveCount", "1"))
+    except (TypeError, ValueError):
+        return 1
 
 
 def from_settings(settings: IngestSettings) -> SqsBatchHandler:
