@@ -177,6 +177,8 @@ class TestSenderWithSpool:
             os.kill(first, signal.SIGKILL)
             await eventually(lambda: emitter.sender_pid not in (None, first), START_S)
             await eventually(lambda: emitter.stats.replayed == 40, START_S)
+            # The successor said what it found: 40 events in its predecessor's WAL.
+            assert emitter.stats.recovered == 40
         finally:
             await emitter.shutdown(10)
         assert _sent(out) == {f"event-{i:06d}" for i in range(40)}

@@ -10,6 +10,13 @@ the type checker holds it to the same Protocols the runtime code declares
 (``SqsSendClient``, ``SqsConsumeClient``, ...), no cast needed.
 
 Time is the fake's own clock (``now``): tests move it with :meth:`advance`.
+
+Faults for producers: :meth:`FakeSqs.outage` makes every SendMessageBatch
+fail (unreachable, throttled or a 5xx) until it ends (:meth:`recover`, a
+number of real seconds, or a condition turning false), and
+:meth:`fail_entries` fails some entries of the next calls (a partial batch
+failure, retryable). :func:`fake_sqs_sink` makes an ``SqsSink`` over a
+FakeSqs inside a sender process, with an outage while a flag file exists.
 """
 
 from __future__ import annotations
@@ -21,7 +28,10 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack, cast
+
+from botocore.exceptions import EndpointConnectionError
 
 from offpath.testing.calls import CallJournal, client_error, response_metadata
 
@@ -55,10 +65,28 @@ if TYPE_CHECKING:
         StartMessageMoveTaskResultTypeDef,
     )
 
+    from offpath.emitter.settings import EmitterSettings
+    from offpath.emitter.sqs import SqsSink
+
 _ACCOUNT = "000000000000"
 _REGION = "us-east-1"
 _DEDUP_WINDOW_S = 300.0
 _MAX_BATCH = 10
+# What a SendMessageBatch fails with during an outage, by kind.
+OUTAGE_KINDS = ("unreachable", "throttled", "server_error")
+
+
+def outage_error(kind: str) -> Exception:
+    """The exception botocore raises for a call that fails as ``kind``."""
+    if kind == "unreachable":
+        return EndpointConnectionError(endpoint_url=f"https://sqs.{_REGION}.amazonaws.com/")
+    if kind == "throttled":
+        return client_error("ThrottlingException", "Rate exceeded", "SendMessageBatch")
+    if kind == "server_error":
+        return client_error(
+            "InternalError", "We encountered an internal error.", "SendMessageBatch", status=500
+        )
+    raise ValueError(f"outage kind {kind!r} is not one of {OUTAGE_KINDS}")
 
 
 @dataclass
@@ -120,6 +148,45 @@ class FakeSqs:
         self._clock = clock
         # Source queue ARN -> its message move tasks, newest first.
         self.move_tasks: dict[str, list[ListMessageMoveTasksResultEntryTypeDef]] = {}
+        # Producer faults (see outage and fail_entries).
+        self._outage: tuple[str, Callable[[], bool]] | None = None
+        self._entry_faults: list[Callable[[int], bool]] = []
+        # Called with each message a SendMessageBatch accepted (under the lock).
+        self.on_message: Callable[[FakeMessage], None] | None = None
+
+    # -- producer faults -----------------------------------------------------------
+
+    def outage(
+        self,
+        kind: str = "unreachable",
+        *,
+        seconds: float | None = None,
+        while_: Callable[[], bool] | None = None,
+    ) -> None:
+        """Every SendMessageBatch fails as ``kind`` (:data:`OUTAGE_KINDS`) from
+        now until :meth:`recover`, or for ``seconds`` of real time, or while
+        ``while_()`` is true. Failed calls are journaled as any call."""
+        outage_error(kind)  # an unknown kind fails here, not at the first call
+        if seconds is not None:
+            until = time.monotonic() + seconds
+            self._outage = (kind, lambda: time.monotonic() < until)
+        else:
+            self._outage = (kind, while_ or (lambda: True))
+
+    def recover(self) -> None:
+        """End the outage."""
+        self._outage = None
+
+    @property
+    def down(self) -> bool:
+        outage = self._outage
+        return outage is not None and outage[1]()
+
+    def fail_entries(self, fail: Callable[[int], bool], *, calls: int = 1) -> None:
+        """In the next ``calls`` SendMessageBatch calls, the entries whose
+        position ``fail`` accepts are listed as Failed (an internal error,
+        not the sender's fault: to be retried); the others are accepted."""
+        self._entry_faults.extend([fail] * calls)
 
     # -- the test's controls ---------------------------------------------------
 
@@ -246,9 +313,13 @@ class FakeSqs:
         scripted = self.journal.record("send_message_batch", kwargs)
         if scripted is not None:
             return cast("SendMessageBatchResultTypeDef", scripted)
+        outage = self._outage
+        if outage is not None and outage[1]():
+            raise outage_error(outage[0])
         queue = self._by_url(kwargs["QueueUrl"], "SendMessageBatch")
         entries = list(kwargs["Entries"])
         self._check_batch([e["Id"] for e in entries], "SendMessageBatch")
+        fail = self._entry_faults.pop(0) if self._entry_faults else None
         total = sum(len(e["MessageBody"].encode()) for e in entries)
         limit = int(queue.attributes.get("MaximumMessageSize", str(1024 * 1024)))
         if total > limit:
@@ -258,7 +329,18 @@ class FakeSqs:
                 "SendMessageBatch",
             )
         successful: list[Any] = []
-        for entry in entries:
+        failed: list[Any] = []
+        for position, entry in enumerate(entries):
+            if fail is not None and fail(position):
+                failed.append(
+                    {
+                        "Id": entry["Id"],
+                        "SenderFault": False,
+                        "Code": "InternalError",
+                        "Message": "We encountered an internal error.",
+                    }
+                )
+                continue
             message_id = self._enqueue(queue, cast(Mapping[str, Any], entry), "SendMessageBatch")
             successful.append(
                 {
@@ -269,7 +351,7 @@ class FakeSqs:
             )
         return {
             "Successful": successful,
-            "Failed": [],
+            "Failed": failed,
             "ResponseMetadata": response_metadata(),
         }
 
@@ -579,6 +661,8 @@ class FakeSqs:
                     visible_at=now + float(request.get("DelaySeconds", 0)),
                 )
             )
+            if self.on_message is not None:
+                self.on_message(queue.messages[-1])
             self._changed.notify_all()
             return message_id
 
@@ -674,3 +758,28 @@ class FakeSqs:
         if chosen:
             described["Attributes"] = chosen
         return cast("MessageTypeDef", described)
+
+
+def fake_sqs_sink(settings: EmitterSettings, arg: str) -> SqsSink:
+    """An ``SqsSink`` over a FakeSqs, made in a sender process by name
+    (``offpath.testing.sqs:fake_sqs_sink``) from a JSON argument: ``path``,
+    where each accepted message's event ids are appended as a JSON line
+    (``offpath.testing.sinks.read_batches`` reads them), and ``down_while``,
+    a file whose existence means an outage of kind ``kind``."""
+    from offpath.emitter.sqs import SqsSink
+    from offpath.kit.sqs import decode_message
+
+    options = json.loads(arg)
+    out, flag = Path(options["path"]), Path(options["down_while"])
+    sqs = FakeSqs()
+    fifo = {"FifoQueue": "true"} if settings.queue_name.endswith(".fifo") else {}
+    sqs.add_queue(settings.queue_name, **fifo)
+    sqs.outage(options.get("kind", "unreachable"), while_=flag.exists)
+
+    def delivered(message: FakeMessage) -> None:
+        ids = [e.event_id for e in decode_message(message.body, message.attributes).events]
+        with out.open("a", encoding="utf-8") as stream:
+            stream.write(json.dumps({"kind": "batch", "ids": ids}) + "\n")
+
+    sqs.on_message = delivered
+    return SqsSink(settings, client_factory=lambda: sqs)
