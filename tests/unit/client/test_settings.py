@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -11,12 +12,17 @@ from offpath.client.settings import (
     DEFAULT_INGEST_TARGET,
     DEFAULT_QUERY_TARGET,
     ENV_CA_FILE,
+    ENV_CERT_FILE,
+    ENV_KEY_FILE,
     ENV_MAX_ATTEMPTS,
     ENV_TIMEOUT_S,
     ENV_TLS,
+    ENV_TLS_SERVER_NAME,
     ENV_TOKEN,
+    ENV_TOKEN_FILE,
     ClientSettings,
     SettingsError,
+    is_loopback_target,
 )
 
 
@@ -63,14 +69,68 @@ class TestFromEnv:
             ({ENV_MAX_ATTEMPTS: "6"}, ENV_MAX_ATTEMPTS),
             ({ENV_TLS: "yes"}, ENV_TLS),
             ({ENV_CA_FILE: "/etc/ca.pem"}, ENV_TLS),
-            ({ENV_TOKEN: "s3cret"}, ENV_TLS),
+            ({ENV_TOKEN: "s3cret", "OFFPATH_INGEST_TARGET": "i.example:443"}, ENV_TLS),
+            ({ENV_CERT_FILE: "/etc/c.pem", ENV_KEY_FILE: "/etc/c.key"}, ENV_TLS),
+            ({ENV_TLS: "on", ENV_CERT_FILE: "/etc/c.pem"}, ENV_KEY_FILE),
+            ({ENV_TLS: "on", ENV_KEY_FILE: "/etc/c.key"}, ENV_CERT_FILE),
+            ({ENV_TLS_SERVER_NAME: "query.example"}, ENV_TLS),
+            ({ENV_TOKEN: "s3cret", ENV_TOKEN_FILE: "/etc/token"}, ENV_TOKEN_FILE),
+            ({ENV_TOKEN_FILE: "/nonexistent/offpath-token"}, ENV_TOKEN_FILE),
         ],
     )
     def test_bad_values_raise_naming_the_variable(self, env: dict[str, str], named: str) -> None:
-        """A value out of range, unparsable, or a CA file or token without TLS is an
-        error that names the variable to fix, never a silent fallback to plaintext."""
+        """A value out of range, unparsable, a CA file, client certificate or
+        server name without TLS, half a client certificate, a token bound off
+        this machine without TLS, or an unreadable token file is an error that
+        names the variable to fix, never a silent fallback to plaintext."""
         with pytest.raises(SettingsError, match=named):
             ClientSettings.from_env(env)
+
+    def test_reads_the_mutual_tls_and_token_file_variables(self, tmp_path: Path) -> None:
+        """Client certificate, key and server name come from their variables; the
+        token from the first line of its file that is not a comment."""
+        token = tmp_path / "token"
+        token.write_text("# read token\n\n  s3cret-from-file  \nsecond\n", "utf-8")
+        settings = ClientSettings.from_env(
+            {
+                ENV_TLS: "on",
+                ENV_CERT_FILE: "/etc/c.pem",
+                ENV_KEY_FILE: "/etc/c.key",
+                ENV_TLS_SERVER_NAME: "offpath-query.offpath.svc",
+                ENV_TOKEN_FILE: str(token),
+            }
+        )
+        assert (settings.cert_file, settings.key_file) == ("/etc/c.pem", "/etc/c.key")
+        assert settings.tls_server_name == "offpath-query.offpath.svc"
+        assert settings.token == "s3cret-from-file"
+        assert "s3cret" not in repr(settings)
+
+    def test_token_without_tls_only_to_loopback(self) -> None:
+        """A plaintext token is allowed to a loopback AnalyticsIngest (gRPC's local
+        credentials send it there only), refused to any other address."""
+        assert ClientSettings(token="t", ingest_target="localhost:50052").token == "t"
+        assert ClientSettings(token="t", ingest_target="[::1]:50052").token == "t"
+        with pytest.raises(SettingsError, match=r"10\.0\.0\.7:50052"):
+            ClientSettings(token="t", ingest_target="10.0.0.7:50052")
+
+    @pytest.mark.parametrize(
+        ("target", "loopback"),
+        [
+            ("127.0.0.1:50052", True),
+            ("127.1.2.3:1", True),
+            ("localhost:50052", True),
+            ("[::1]:50052", True),
+            ("dns:///localhost:50052", True),
+            ("ipv4:127.0.0.1:50052", True),
+            ("10.0.0.7:50052", False),
+            ("offpath-ingest.offpath.svc:50052", False),
+            ("[2001:db8::1]:50052", False),
+            ("localhost.example.com:50052", False),
+        ],
+    )
+    def test_loopback_targets(self, target: str, loopback: bool) -> None:
+        """Which targets count as this machine."""
+        assert is_loopback_target(target) is loopback
 
     def test_replace_ignores_unset_overrides(self) -> None:
         """replace() changes the fields given and leaves those passed as None."""

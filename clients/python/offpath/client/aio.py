@@ -64,7 +64,9 @@ class AsyncOffpathClient:
 
     def _ingest_stub(self) -> ingest_pb2_grpc.AnalyticsIngestAsyncStub:
         if self._ingest_channel is None:
-            self._ingest_channel = open_aio_channel(self.settings.ingest_target, self.settings)
+            self._ingest_channel = open_aio_channel(
+                self.settings.ingest_target, self.settings, token=True
+            )
         return ingest_pb2_grpc.AnalyticsIngestStub(self._ingest_channel)
 
     async def query(self, text: str, top_k: int | None = None) -> query_pb2.QueryResponse:

@@ -31,6 +31,11 @@ class OffpathClient:
     are retried by gRPC under the settings' retry policy, within the call's
     deadline. Errors surface as ``grpc.RpcError`` with the server's status
     code and message (INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE, ...).
+
+    TLS (the CA, a client certificate for mutual TLS, the server name) and
+    AnalyticsIngest's read token come from the settings; the token is sent
+    on the AnalyticsIngest channel only. A read without an accepted token
+    fails UNAUTHENTICATED.
     """
 
     def __init__(
@@ -66,7 +71,7 @@ class OffpathClient:
 
     def _ingest_stub(self) -> ingest_pb2_grpc.AnalyticsIngestStub:
         if self._ingest_channel is None:
-            self._ingest_channel = open_channel(self.ingest_target, self.settings)
+            self._ingest_channel = open_channel(self.ingest_target, self.settings, token=True)
         return ingest_pb2_grpc.AnalyticsIngestStub(self._ingest_channel)
 
     def query(self, text: str, top_k: int | None = None) -> query_pb2.QueryResponse:

@@ -32,13 +32,21 @@ from offpath.client.settings import (
     DEFAULT_INGEST_TARGET,
     DEFAULT_QUERY_TARGET,
     DEFAULT_TIMEOUT_S,
+    ENV_CA_FILE,
+    ENV_CERT_FILE,
     ENV_INGEST_TARGET,
+    ENV_KEY_FILE,
     ENV_QUERY_TARGET,
     ENV_TIMEOUT_S,
+    ENV_TLS,
+    ENV_TLS_SERVER_NAME,
+    ENV_TOKEN,
+    ENV_TOKEN_FILE,
     MAX_TIMEOUT_S,
     MIN_TIMEOUT_S,
     ClientSettings,
     SettingsError,
+    read_token_file,
 )
 
 EXIT_OK: Final = 0
@@ -118,6 +126,12 @@ class Options:
     ingest_target: str | None = None
     timeout: float | None = None
     output: str | None = None
+    tls: bool | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    tls_server_name: str | None = None
+    token_file: str | None = None
 
 
 @dataclass
@@ -138,10 +152,35 @@ class Session:
     @property
     def settings(self) -> ClientSettings:
         if self._settings is None:
+            options = self.options
+            # A TLS file or name on the command line means TLS, unless
+            # --plaintext says otherwise (then the settings refuse the mix).
+            tls = options.tls
+            if tls is None and any(
+                value is not None
+                for value in (
+                    options.ca_file,
+                    options.cert_file,
+                    options.key_file,
+                    options.tls_server_name,
+                )
+            ):
+                tls = True
+            token = (
+                None
+                if options.token_file is None
+                else read_token_file(options.token_file, "--token-file")
+            )
             self._settings = ClientSettings.from_env().replace(
-                query_target=self.options.query_target,
-                ingest_target=self.options.ingest_target,
-                timeout_s=self.options.timeout,
+                query_target=options.query_target,
+                ingest_target=options.ingest_target,
+                timeout_s=options.timeout,
+                tls=tls,
+                ca_file=options.ca_file,
+                cert_file=options.cert_file,
+                key_file=options.key_file,
+                tls_server_name=options.tls_server_name,
+                token=token,
             )
         return self._settings
 
@@ -205,6 +244,57 @@ def global_options(func: Callable[..., Any]) -> Callable[..., Any]:
             expose_value=False,
             callback=_remember,
             help=f"deadline of each call [env {ENV_TIMEOUT_S}; default {DEFAULT_TIMEOUT_S:g}]",
+        ),
+        click.option(
+            "--tls/--plaintext",
+            default=None,
+            expose_value=False,
+            callback=_remember,
+            help=(
+                f"TLS, verifying the server, or plaintext [env {ENV_TLS}; default plaintext; "
+                "a TLS option below implies --tls]"
+            ),
+        ),
+        click.option(
+            "--ca-file",
+            metavar="PEM",
+            expose_value=False,
+            callback=_remember,
+            help=f"CA certificates to verify the server with [env {ENV_CA_FILE}]",
+        ),
+        click.option(
+            "--cert-file",
+            metavar="PEM",
+            expose_value=False,
+            callback=_remember,
+            help=f"client certificate, for mutual TLS (with --key-file) [env {ENV_CERT_FILE}]",
+        ),
+        click.option(
+            "--key-file",
+            metavar="PEM",
+            expose_value=False,
+            callback=_remember,
+            help=f"the client certificate's key [env {ENV_KEY_FILE}]",
+        ),
+        click.option(
+            "--tls-server-name",
+            metavar="NAME",
+            expose_value=False,
+            callback=_remember,
+            help=(
+                "name the server's certificate must carry, when the target's host is not it "
+                f"(a tunnel, an IP) [env {ENV_TLS_SERVER_NAME}]"
+            ),
+        ),
+        click.option(
+            "--token-file",
+            metavar="FILE",
+            expose_value=False,
+            callback=_remember,
+            help=(
+                "AnalyticsIngest's read token, first line of FILE; sent to AnalyticsIngest only "
+                f"[env {ENV_TOKEN} or {ENV_TOKEN_FILE}]"
+            ),
         ),
         click.option(
             "--output",
@@ -290,7 +380,12 @@ class Root(click.Group):
             session = ctx.find_object(Session)
             where = session.calling if session is not None else None
             if code == grpc.StatusCode.UNAVAILABLE:
-                detail = f"cannot reach {where} ({detail}); is `make run` up?"
+                detail = f"cannot reach {where} ({detail}); {_unavailable_hint(session)}"
+            elif code == grpc.StatusCode.UNAUTHENTICATED:
+                detail = (
+                    f"{detail}; give AnalyticsIngest's read token with --token-file "
+                    f"or {ENV_TOKEN_FILE}"
+                )
             elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 detail = (
                     f"{where} did not answer within the deadline ({detail}); "
@@ -301,6 +396,20 @@ class Root(click.Group):
             _fail(str(exc), EXIT_INVALID)
         except CommandError as exc:
             _fail(str(exc), exc.code)
+
+
+def _unavailable_hint(session: Session | None) -> str:
+    """What to check when a call did not reach the server: a plaintext
+    client and a TLS server (or the reverse) look the same from here as a
+    server that is down, so say which way this client spoke."""
+    settings = None if session is None else session._settings
+    if settings is None or not settings.tls:
+        return f"is `make run` up? If the server speaks TLS, use --tls (or {ENV_TLS}=on)"
+    return (
+        "is the server up, and does it speak TLS? The server certificate must be signed "
+        "by --ca-file's CA and name the target's host (or --tls-server-name); a server "
+        "asking for client certificates needs --cert-file and --key-file"
+    )
 
 
 def _fail(message: str, code: int) -> None:
