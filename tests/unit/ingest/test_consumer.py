@@ -13,7 +13,7 @@ import pytest
 from botocore.exceptions import EndpointConnectionError
 
 from offpath.ingest import rollups
-from offpath.ingest.consumer import Consumer, Queues
+from offpath.ingest.consumer import Consumer, EventWriter, Queues
 from offpath.ingest.store import (
     TABLE_KEY,
     TIME_PARTITION,
@@ -62,18 +62,26 @@ class Harness:
     """FakeSqs with a queue and its DLQ, a real EventStore on FakeDynamoDb, and a consumer
     whose jitter always picks the backoff ceiling."""
 
-    def __init__(self, *, queue: str = QUEUE, dlq: str = DLQ, queues: Queues | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        queue: str = QUEUE,
+        dlq: str = DLQ,
+        queues: Queues | None = None,
+        ddb: FakeDynamoDb | None = None,
+        store: Callable[[EventStore], EventWriter] | None = None,
+    ) -> None:
         fifo = {"FifoQueue": "true"} if queue.endswith(".fifo") else {}
         self.sqs = FakeSqs()
         self.queue_url = self.sqs.add_queue(queue, VisibilityTimeout=str(VISIBILITY_S), **fifo)
         self.dlq_url = self.sqs.add_queue(dlq, **fifo)
-        self.ddb = FakeDynamoDb()
+        self.ddb = ddb or FakeDynamoDb()
         self.ddb.create_table(**create_table_request(TABLE))
         self.ddb.create_table(**rollups.create_table_request(rollup_table_for(TABLE)))
         self.store = EventStore(self.ddb, TABLE, shards=4, sleep=lambda _: None)
         self.consumer = Consumer(
             self.sqs,
-            self.store,
+            self.store if store is None else store(self.store),
             queues or Queues(QueueNames(queue=queue, dlq=dlq)),
             wait_seconds=0,
             clock_ns=lambda: NOW_NS,
