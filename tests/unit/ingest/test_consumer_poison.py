@@ -213,7 +213,8 @@ class RefusingDynamoDb(FakeDynamoDb):
         self.refused = batch_id
 
     def put_item(self, **kwargs: Unpack[PutItemInputTypeDef]) -> PutItemOutputTypeDef:
-        if kwargs["Item"]["batch_id"].get("S") == self.refused:
+        item: Any = kwargs["Item"]
+        if item["batch_id"] == {"S": self.refused}:
             raise client_error(
                 "ValidationException", "Item size has exceeded the maximum allowed size", "PutItem"
             )
@@ -390,13 +391,11 @@ class TestStoreFailure:
 
     def test_cancelled_transaction_by_reason(self) -> None:
         invalid = client_error("TransactionCanceledException", "cancelled", "TransactWriteItems")
-        invalid.response["CancellationReasons"] = [  # type: ignore[typeddict-unknown-key]
+        invalid.response["CancellationReasons"] = [
             {"Code": "None"},
             {"Code": "ValidationError"},
         ]
         throttled = client_error("TransactionCanceledException", "cancelled", "TransactWriteItems")
-        throttled.response["CancellationReasons"] = [  # type: ignore[typeddict-unknown-key]
-            {"Code": "ThrottlingError"}
-        ]
+        throttled.response["CancellationReasons"] = [{"Code": "ThrottlingError"}]
         assert store_failure(invalid).kind == "refused"
         assert store_failure(throttled).kind == "unavailable"
