@@ -641,9 +641,10 @@ class EventStore:
         (``max_requests`` Queries made, or the soft deadline passed) and
         the listing has moved past ``cursor``, the page ends where
         everything before it has been read: after its last event, or at
-        the end of the last day read. So each call makes progress, however
-        sparse the range, and its work is about ``max_requests`` Queries
-        (plus at most one per shard to make the progress)."""
+        the start of the next day to read. So each call makes progress, however
+        sparse the range, and makes at most ``max(max_requests, shards + 1)``
+        Queries (the progress may take a day's first Query per shard, and one
+        more after the cursor)."""
         if page_size < 1:
             raise ValueError(f"page_size {page_size} is below 1")
         budget = budget or ReadBudget()
@@ -670,7 +671,7 @@ class EventStore:
 
         more = False
         try:
-            for day in days:
+            for index, day in enumerate(days):
                 # +2: one more than fits tells whether there is a next page, and
                 # the cursor item itself (BETWEEN is inclusive) may be among them.
                 want = page_size - len(page)
@@ -699,7 +700,8 @@ class EventStore:
                     position = sort_key
                 if more:
                     break
-                position = _day_edge(day, newest_first)
+                if index + 1 < len(days):
+                    position = _day_first_key(days[index + 1], newest_first)
         except _PageCut:
             more = True
         next_cursor = position if more else None
@@ -835,9 +837,10 @@ def _check_span(start_ns: int, end_ns: int) -> None:
         raise ValueError(f"[{start_ns}, {end_ns}) is not a range of times reads serve")
 
 
-def _day_edge(day: str, newest_first: bool) -> str:
-    """The cursor after every item of ``day`` (before, newest first)."""
-    return f"{day}T00:00:00.000000000Z#" if newest_first else f"{day}T23:59:59.999999999Z#~"
+def _day_first_key(day: str, newest_first: bool) -> str:
+    """The cursor before every item of ``day`` in listing order: a bound no
+    item's sort key equals (after all of them, newest first)."""
+    return f"{day}T23:59:59.999999999Z#~" if newest_first else f"{day}T00:00:00.000000000Z#"
 
 
 def _sort_bounds(start_ns: int, end_ns: int) -> tuple[str, str]:
