@@ -134,10 +134,9 @@ def test_parse_acceptances_rejects_bad_toml_and_unknown_tables() -> None:
 
 
 def test_the_committed_acceptance_file_is_valid() -> None:
-    """tools/audit-accepted.toml parses, and no entry in it has expired
-    (an expired one would fail make audit)."""
-    entries = parse_acceptances((REPO / audit.DEFAULT_ACCEPTED).read_text())
-    assert all(e.expires >= dt.datetime.now(dt.UTC).date() for e in entries), entries
+    """tools/audit-accepted.toml parses (whether an entry has expired is
+    make audit's to say: make test does not depend on the date)."""
+    parse_acceptances((REPO / audit.DEFAULT_ACCEPTED).read_text())
 
 
 # -- matching -----------------------------------------------------------------
