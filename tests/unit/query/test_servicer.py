@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from offpath.emitter import EVENT_ID_METADATA, AnalyticsInterceptor, EventRecord
+from offpath.emitter.redact import REJECTED_QUERY_CHARS, rejected_prefix
 from offpath.kit.ids import is_uuid
 from offpath.query.engine import Match, SkillIndex
 from offpath.query.generator import Generated, Generator, TemplateGenerator, count_tokens
@@ -226,9 +227,24 @@ class TestInvalidArgument:
         (event,) = service.records
         assert event.event_id == event_id
         assert event.status_code == grpc.StatusCode.INVALID_ARGUMENT.value[0] == 3
-        assert event.query == query.strip()
+        assert event.query == rejected_prefix(query.strip())
+        assert len(event.query) <= REJECTED_QUERY_CHARS + 1
         assert event.matched_skills == ()
         assert (event.model, event.token_count) == ("", 0)
+
+    async def test_rejected_long_query_keeps_only_a_short_prefix(self, serve: Serve) -> None:
+        """A rejected query of ~196 KB is recorded as its first words (at most 64 characters
+        and a mark), never whole; a word cut at the limit that holds digits is left out."""
+        service = await serve()
+        head = "my SSN is 078-05-1120, am I hired? Call me here on +44 20 7946"
+        query = head + " 0958" + " please" * 28_000
+        assert len(query) > 190_000
+        error = await _error(service.stub.Query(query_pb2.QueryRequest(query=query)))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        (event,) = service.records
+        # The cut falls inside "0958": that word goes; redaction of the rest is the sender's.
+        assert event.query == head + "…"
+        assert len(event.query) <= REJECTED_QUERY_CHARS + 1
 
     async def test_longest_query_is_accepted(self, serve: Serve) -> None:
         """A query of exactly the maximum length (after trimming) is answered."""

@@ -2,13 +2,17 @@
 
 The protobuf ``AnalyticsEvent`` is made from it later, in the sender (process
 or thread), so the request path pays for a small object and its hand-off only.
+That is also where the query text is redacted (:mod:`offpath.emitter.redact`):
+a record holds the text as the handler gave it, and lives only in the serving
+process's memory and the pipe to its own sender process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from offpath.emitter.redact import REDACT
 from offpath.v1 import analytics_pb2
 
 
@@ -31,13 +35,16 @@ class EventRecord:
     status_code: int = 0
     attributes: Mapping[str, str] | None = None
 
-    def to_proto(self, producer_id: str) -> analytics_pb2.AnalyticsEvent:
-        """The wire form of this record."""
+    def to_proto(
+        self, producer_id: str, query_text: Callable[[str], str] = REDACT
+    ) -> analytics_pb2.AnalyticsEvent:
+        """The wire form of this record, its query text passed through
+        ``query_text`` (by default redacted: see :mod:`offpath.emitter.redact`)."""
         event = analytics_pb2.AnalyticsEvent(
             event_id=self.event_id,
             service=self.service,
             method=self.method,
-            query=self.query,
+            query=query_text(self.query),
             model=self.model,
             token_count=self.token_count,
             status_code=self.status_code,

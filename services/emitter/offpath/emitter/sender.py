@@ -3,7 +3,8 @@
 The emitter's thread boundary is this module's shape:
 
 - :class:`Sender` owns the sink. Every one of its methods runs on the sender
-  thread: records become protobuf there, the sink packs and sends them
+  thread: records become protobuf there (their query text redacted, or as
+  the settings say, on the way), the sink packs and sends them
   there, and the sink is closed there, so the sink is only ever used by one
   thread.
 - :class:`SenderThread` is the channel. Its public methods are called on the
@@ -32,6 +33,7 @@ from typing import Any, TypeVar
 import structlog
 
 from offpath.emitter.record import EventRecord
+from offpath.emitter.redact import REDACT, QueryTextPolicy
 from offpath.emitter.sink import EventSink, ExportResult
 from offpath.v1 import analytics_pb2
 
@@ -50,18 +52,27 @@ class _Request:
 
 class Sender:
     """Turns records into protobuf and hands them to the sink. Runs on the
-    sender thread only."""
+    sender thread (or in the sender process) only: the query text policy
+    (redaction by default) costs CPU the event loop must not pay."""
 
-    def __init__(self, sink: EventSink, producer_id: str) -> None:
+    def __init__(
+        self, sink: EventSink, producer_id: str, query_text: QueryTextPolicy = REDACT
+    ) -> None:
         self._sink = sink
         self._producer_id = producer_id
+        self._query_text = query_text
+
+    @property
+    def query_text(self) -> QueryTextPolicy:
+        """What becomes of each record's query text (pass it to ``to_proto``)."""
+        return self._query_text
 
     def export(self, records: Sequence[EventRecord], deadline: float) -> ExportResult:
         """Send ``records``; every one is accounted for in the result (sent or
         dropped under a reason), whatever goes wrong."""
         try:
-            producer = self._producer_id
-            events = [record.to_proto(producer) for record in records]
+            producer, query_text = self._producer_id, self._query_text
+            events = [record.to_proto(producer, query_text) for record in records]
         except Exception:
             log.exception("emitter_export_failed", events=len(records))
             return ExportResult(dropped=Counter({"export_error": len(records)}))

@@ -9,9 +9,16 @@ import os
 import re
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, cast, get_args
 
+from offpath.emitter.redact import (
+    MIN_HASH_KEY_CHARS,
+    QUERY_TEXT_MODES,
+    QueryTextMode,
+    QueryTextPolicy,
+)
 from offpath.kit.settings import SettingsError, env_choice, env_float, env_int, env_optional_str
 from offpath.kit.sqs import DEFAULT_QUEUE_NAME, ENV_QUEUE_URL, queue_name_from_env
 
@@ -26,6 +33,9 @@ ENV_SENDER = "OFFPATH_EMIT_SENDER"
 ENV_SPOOL_DIR = "OFFPATH_EMIT_SPOOL_DIR"
 ENV_SPOOL_MAX_BYTES = "OFFPATH_EMIT_SPOOL_MAX_BYTES"
 ENV_EVENT_ID_TRAILER = "OFFPATH_EMIT_EVENT_ID_TRAILER"
+ENV_QUERY_TEXT = "OFFPATH_EMIT_QUERY_TEXT"
+ENV_QUERY_HASH_KEY = "OFFPATH_EMIT_QUERY_HASH_KEY"
+ENV_QUERY_HASH_KEY_FILE = "OFFPATH_EMIT_QUERY_HASH_KEY_FILE"
 
 # One send a second keeps SQS calls (and their ~3.5 ms of CPU each on the
 # serving process) rare enough not to show in Query p99; freshness stays
@@ -51,6 +61,9 @@ _DEFAULT_SPOOL_MAX_BYTES = 256 * 1024 * 1024
 EventIdTrailer = Literal["always", "errors"]
 EVENT_ID_TRAILERS: tuple[EventIdTrailer, ...] = get_args(EventIdTrailer)
 _DEFAULT_EVENT_ID_TRAILER: EventIdTrailer = "always"
+# What of a query's text an event carries (see offpath.emitter.redact):
+# masked personal data unless the operator chooses otherwise.
+_DEFAULT_QUERY_TEXT: QueryTextMode = "redact"
 # SendMessageBatch takes at most 10 entries.
 MESSAGES_PER_CALL = 10
 
@@ -69,7 +82,15 @@ def sanitize_producer_id(raw: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class EmitterSettings:
-    """How the emitter buffers, batches and sends."""
+    """How the emitter buffers, batches and sends, and what of a query's
+    text its events carry.
+
+    The hash key is a secret: it is in no ``repr``, no log line
+    (:meth:`describe`) and not in :meth:`to_json`, which becomes the sender
+    process's command line (readable by every user of the host). The sender
+    process reads the key again, from the ``OFFPATH_EMIT_QUERY_HASH_KEY`` it
+    inherits or from ``query_hash_key_file``.
+    """
 
     queue_name: str = DEFAULT_QUEUE_NAME
     queue_url: str | None = None
@@ -84,6 +105,25 @@ class EmitterSettings:
     spool_dir: str | None = None
     spool_max_bytes: int = _DEFAULT_SPOOL_MAX_BYTES
     event_id_trailer: EventIdTrailer = _DEFAULT_EVENT_ID_TRAILER
+    query_text: QueryTextMode = _DEFAULT_QUERY_TEXT
+    query_hash_key: str | None = field(default=None, repr=False)
+    query_hash_key_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.query_text not in QUERY_TEXT_MODES:
+            raise SettingsError(
+                f"query text mode {self.query_text!r} is not one of {', '.join(QUERY_TEXT_MODES)}"
+            )
+        if self.query_text == "hash" and not self.query_hash_key:
+            raise SettingsError(
+                f"{ENV_QUERY_TEXT}=hash needs a key: set {ENV_QUERY_HASH_KEY} "
+                f"or {ENV_QUERY_HASH_KEY_FILE}"
+            )
+
+    def query_text_policy(self) -> QueryTextPolicy:
+        """What the sender does to each event's query text."""
+        key = self.query_hash_key.encode() if self.query_hash_key else None
+        return QueryTextPolicy(self.query_text, key)
 
     def describe(self) -> dict[str, object]:
         """What the ``emitter_started`` log line says about these settings."""
@@ -96,15 +136,26 @@ class EmitterSettings:
             "producer_id": self.producer_id,
             "spool": self.spool_dir,
             "event_id_trailer": self.event_id_trailer,
+            "query_text": self.query_text,
         }
 
     def to_json(self) -> str:
-        """These settings as JSON (how the sender process receives them)."""
-        return json.dumps(dataclasses.asdict(self))
+        """These settings as JSON (how the sender process receives them),
+        without the hash key (see the class docstring)."""
+        fields = dataclasses.asdict(self)
+        del fields["query_hash_key"]
+        return json.dumps(fields)
 
     @classmethod
-    def from_json(cls, text: str) -> EmitterSettings:
-        return cls(**json.loads(text))
+    def from_json(cls, text: str, env: Mapping[str, str] | None = None) -> EmitterSettings:
+        """Settings from :meth:`to_json`'s text; with ``hash``, the key is read
+        again from ``env`` (by default the process's environment) or the key file."""
+        fields = json.loads(text)
+        if fields.get("query_text") == "hash":
+            fields["query_hash_key"] = _hash_key(
+                os.environ if env is None else env, fields.get("query_hash_key_file")
+            )
+        return cls(**fields)
 
     @property
     def max_export_batch(self) -> int:
@@ -123,6 +174,26 @@ class EmitterSettings:
         trailer = env_choice(
             env, ENV_EVENT_ID_TRAILER, _DEFAULT_EVENT_ID_TRAILER, EVENT_ID_TRAILERS
         )
+        query_text = cast(
+            "QueryTextMode",
+            env_choice(env, ENV_QUERY_TEXT, _DEFAULT_QUERY_TEXT, QUERY_TEXT_MODES),
+        )
+        key_file = env_optional_str(env, ENV_QUERY_HASH_KEY_FILE)
+        if query_text == "hash":
+            if key_file is not None and env_optional_str(env, ENV_QUERY_HASH_KEY) is not None:
+                raise SettingsError(
+                    f"both {ENV_QUERY_HASH_KEY} and {ENV_QUERY_HASH_KEY_FILE} are set: "
+                    "give the key one way"
+                )
+            hash_key: str | None = _hash_key(env, key_file)
+        else:
+            for name in (ENV_QUERY_HASH_KEY, ENV_QUERY_HASH_KEY_FILE):
+                if env_optional_str(env, name) is not None:
+                    raise SettingsError(
+                        f"{name} is set but {ENV_QUERY_TEXT}={query_text!r}: the key is for "
+                        "hash only (set hash, or unset the key)"
+                    )
+            hash_key, key_file = None, None
         spool_dir = env_optional_str(env, ENV_SPOOL_DIR)
         if spool_dir is not None and sender != "process":
             raise SettingsError(
@@ -165,4 +236,37 @@ class EmitterSettings:
                 maximum=1024**4,
             ),
             event_id_trailer=cast("EventIdTrailer", trailer),
+            query_text=query_text,
+            query_hash_key=hash_key,
+            query_hash_key_file=key_file,
         )
+
+
+def _hash_key(env: Mapping[str, str], key_file: str | None) -> str:
+    """The hash key, from the key file when one is named, else from the
+    environment; checked, and never echoed in an error."""
+    if key_file is not None:
+        try:
+            key = Path(key_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise SettingsError(
+                f"{ENV_QUERY_HASH_KEY_FILE}={key_file!r} cannot be read: {reason}"
+            ) from None
+        source = f"{ENV_QUERY_HASH_KEY_FILE}={key_file!r}"
+    else:
+        key = (env.get(ENV_QUERY_HASH_KEY) or "").strip()
+        source = ENV_QUERY_HASH_KEY
+    if not key:
+        raise SettingsError(
+            f"{ENV_QUERY_TEXT}=hash needs a key: set {ENV_QUERY_HASH_KEY} "
+            f"or {ENV_QUERY_HASH_KEY_FILE}"
+            if key_file is None
+            else f"{source} is empty"
+        )
+    if len(key) < MIN_HASH_KEY_CHARS:
+        raise SettingsError(
+            f"{source}: the key is shorter than {MIN_HASH_KEY_CHARS} characters "
+            "(use a random string, e.g. `openssl rand -hex 32`)"
+        )
+    return key

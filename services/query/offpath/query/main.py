@@ -76,7 +76,11 @@ async def run(
         else:
             sqs = aws.sqs_client()
             sink = SqsSink(settings.emitter, client_factory=lambda: sqs)
-            blocking = BlockingRecorder(sink, settings.emitter.producer_id)
+            blocking = BlockingRecorder(
+                sink,
+                settings.emitter.producer_id,
+                query_text=settings.emitter.query_text_policy(),
+            )
     # Analytics live in the interceptor, never in the servicer: background
     # hands each call's event to the emitter (O(1)), blocking awaits SQS
     # before the reply, off installs nothing (no analytics work at all).

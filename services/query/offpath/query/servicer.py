@@ -6,8 +6,10 @@ id, status code and duration) and hands the event on before the reply
 leaves. The handler only adds what it alone knows — the query, the matched
 skills, the model and its token count — to the call's analytics context
 (:func:`~offpath.emitter.current_rpc`), and returns that context's event id
-in the response. With analytics off there is no interceptor, the context is a
-no-op, and the event id is empty.
+in the response. The query goes in as asked (a rejected one cut to a short
+prefix); the emitter's sender redacts it before it leaves the process. With
+analytics off there is no interceptor, the context is a no-op, and the event
+id is empty.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import grpc
 import structlog
 
 from offpath.emitter import current_rpc
+from offpath.emitter.redact import rejected_prefix
 from offpath.query.engine import SkillIndex
 from offpath.query.generator import Generator
 from offpath.v1 import analytics_pb2, query_pb2, query_pb2_grpc
@@ -46,12 +49,14 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         t0 = time.perf_counter_ns()
         rpc = current_rpc()
         query = request.query.strip()
-        # Recorded before validation, so a rejected query's event shows what was asked.
-        rpc.set(query=query)
         top_k = request.top_k if request.HasField("top_k") and request.top_k else DEFAULT_TOP_K
         problem = _validate(query, top_k)
         if problem is not None:
+            # A rejected query's event shows what was asked, but only its
+            # start: a body of any size must not be carried whole.
+            rpc.set(query=rejected_prefix(query))
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        rpc.set(query=query)
         try:
             matches = self._index.search(query, top_k)
             generated = self._generator.generate(query, matches)
