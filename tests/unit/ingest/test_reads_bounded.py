@@ -62,15 +62,17 @@ FOREIGN = "page_token is not one this service issued"
 
 
 class Gate:
-    """A read hook that holds every Query (not GetItem) until opened."""
+    """A read hook that holds every call of one operation (Query unless
+    told) until opened."""
 
-    def __init__(self) -> None:
+    def __init__(self, operation: str = "query") -> None:
+        self.operation = operation
         self.opened = threading.Event()
         self.waiting = 0
         self._lock = threading.Lock()
 
     def __call__(self, operation: str, _request: Mapping[str, Any]) -> None:
-        if operation != "query":
+        if operation != self.operation:
             return
         with self._lock:
             self.waiting += 1
@@ -609,6 +611,22 @@ class TestCancellation:
         gate.opened.set()
         await eventually(lambda: len(api.store.ended) == 1)
         assert api.queries() == 1
+
+    async def test_get_event_held_in_dynamodb_answers_at_its_deadline(
+        self, serve: ApiFactory
+    ) -> None:
+        """A GetItem that hangs does not hold the client past its deadline
+        (nor past the server's cap when it sets none)."""
+        gate = Gate("get_item")
+        api = await serve(limits=ReadLimits(time_cap_s=0.3), read_hook=gate)
+        request = ingest_pb2.GetEventRequest(event_id=EVENT_ID)
+        for timeout in (0.1, None):
+            started = time.monotonic()
+            error = await _status(api.stub.GetEvent(request, timeout=timeout))
+            assert time.monotonic() - started < 1
+            assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "allow longer" in (error.details() or "")
+        gate.opened.set()
 
 
 class TestNoStarvation:

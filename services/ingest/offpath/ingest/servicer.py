@@ -455,10 +455,11 @@ class IngestServicer(ingest_pb2_grpc.AnalyticsIngestServicer):
                 allowed_s=round(allowed_s, 3),
                 dynamodb_requests=budget.requests,
             )
+            hint = "allow longer" if rpc == "GetEvent" else "narrow the time range or allow longer"
             code, message = (
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"{rpc} did not finish within {allowed_s:.3g} s (the call's deadline, "
-                f"at most {self._limits.time_cap_s:g} s); narrow the time range or allow longer",
+                f"at most {self._limits.time_cap_s:g} s); {hint}",
             )
         except (ClientError, BotoCoreError) as exc:
             error = (
