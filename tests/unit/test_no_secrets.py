@@ -11,6 +11,7 @@ tracked file.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import secrets
@@ -29,7 +30,14 @@ REPO = Path(__file__).parents[2]
 # read as one).
 _TOKEN = r"[A-Za-z0-9+/=_\-.~]"
 
-# (rule, pattern, whether the captured value must also look random).
+# A name that says it holds a secret (api_key, READ_TOKENS, client_secret, ...).
+_SECRET_NAME = (
+    r"(?i)(?:secret|token|passw(?:or)?d|passwd|api_?key|access_?key|private_?key|"
+    r"credential|auth)s?[\w.\-]*"
+)
+
+# (rule, pattern, whether the captured value must also look random). No
+# pattern spans a line.
 RULES: list[tuple[str, re.Pattern[str], bool]] = [
     (
         "AWS access key id",
@@ -59,14 +67,20 @@ RULES: list[tuple[str, re.Pattern[str], bool]] = [
     ),
     ("Google API key", re.compile(r"\b(AIza[0-9A-Za-z_\-]{35})"), False),
     ("API key (sk-)", re.compile(r"\b(sk-(?:ant-|proj-|live_|test_)?[A-Za-z0-9_\-]{32,})"), False),
-    ("bearer token", re.compile(rf"(?i)\bbearer\s+({_TOKEN}{{20,}})"), True),
+    ("bearer token", re.compile(rf"(?i)\bbearer[ \t]+({_TOKEN}{{20,}})"), True),
+    # A quoted literal (code, JSON, YAML) ...
     (
         "secret assigned",
         re.compile(
-            r"(?i)(?:secret|token|passw(?:or)?d|passwd|api_?key|access_?key|"
-            r"private_?key|credential|auth)s?[\w.\-]*[\"']?\s*(?::=|=>|=|:)\s*"
-            rf"(?:[rbuf]{{0,2}}[\"'])?({_TOKEN}{{20,}})"
+            rf"{_SECRET_NAME}[\"']?[ \t]*(?::=|=>|=|:)[ \t]*"
+            rf"[rbuf]{{0,2}}[\"']({_TOKEN}{{20,}})[\"']"
         ),
+        True,
+    ),
+    # ... or a bare value ending the line (.env, shell, YAML), not an expression.
+    (
+        "secret assigned",
+        re.compile(rf"(?m){_SECRET_NAME}[ \t]*(?:=|:)[ \t]*({_TOKEN}{{20,}})[ \t]*(?:#.*)?$"),
         True,
     ),
 ]
@@ -102,18 +116,36 @@ def entropy(text: str) -> float:
     return -sum(n / len(text) * math.log2(n / len(text)) for n in counts.values())
 
 
+def _has_run(text: str, length: int = 8) -> bool:
+    """Whether ``text`` holds ``length`` consecutive characters in order
+    (01234567, abcdefgh, 9876543210): typed by a person, not generated."""
+    run, step = 1, 0
+    for a, b in itertools.pairwise(text):
+        delta = ord(b) - ord(a)
+        if delta in (1, -1):
+            run, step = (run + 1 if delta == step else 2), delta
+        else:
+            run, step = 1, 0
+        if run >= length:
+            return True
+    return False
+
+
 def looks_random(value: str) -> bool:
     """A generated secret, not a word, a name or a placeholder: letters and
-    digits mixed, and high entropy for its alphabet (hex tops out at 4 bits)."""
+    digits mixed, high entropy for its alphabet (hex tops out at 4 bits),
+    and no typed run such as 0123456789 or abcdef01 in it."""
     core = value.strip("=")
     if len(core) < 20 or not re.search(r"[0-9]", core) or not re.search(r"[A-Za-z]", core):
+        return False
+    if _has_run(core):
         return False
     hexadecimal = re.fullmatch(r"[0-9a-fA-F]+", core) is not None
     return entropy(core) >= (3.0 if hexadecimal else 3.7)
 
 
 def scan_text(path: str, text: str) -> Iterator[Hit]:
-    # Whole text per rule (no pattern spans a newline): far faster than per line.
+    # Whole text per rule (no pattern spans a line): far faster than per line.
     for rule, pattern, needs_randomness in RULES:
         for match in pattern.finditer(text):
             value = match.group(1)
@@ -233,6 +265,10 @@ def test_scanner_catches_a_sample(rule: str, line: str) -> None:
         'TOKEN_A = "a" * 32',
         'password = "correct-horse-battery-staple"',
         "ENV_READ_TOKENS_FILE = 'OFFPATH_INGEST_READ_TOKENS_FILE'",
+        'TOKEN = "read-token-0123456789abcdef"',
+        'TOKEN_NEW = "new-token-fedcba9876543210"',
+        "with_token = ingest_pb2.ListEventsRequest(page_token=_raw_token(GOOD))",
+        "token:\n  ingest_pb2_ListEventsRequest_x1",
     ],
 )
 def test_scanner_passes_what_is_not_a_secret(line: str) -> None:
@@ -246,3 +282,19 @@ def test_hits_name_the_place_never_the_value() -> None:
     (hit,) = scan_text("x.py", f"\n\nclient.login({value!r})\n")
     assert str(hit) == "x.py:3: GitHub token"
     assert value not in str(hit)
+
+
+@pytest.mark.parametrize(
+    ("text", "has_run"),
+    [
+        ("x01234567y", True),
+        ("0123456", False),
+        ("token-9876543210", True),
+        ("0123x4567", False),
+        ("abcdefgh", True),
+        ("aceg", False),
+    ],
+)
+def test_typed_runs_mark_a_placeholder(text: str, has_run: bool) -> None:
+    """Eight characters in order (up or down) mark a value typed by a person."""
+    assert _has_run(text) is has_run
