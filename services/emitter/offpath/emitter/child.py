@@ -461,6 +461,11 @@ class SenderProcess:
         job, self._job = self._job, None
         if job is not None and job.kind == "export":
             held = job.events + held
+        elif job is not None and job.corrupt and self._spool is not None:
+            # A replayed file stays where it is, unless it was set aside as
+            # damaged: then its readable part is parked again (an earlier
+            # run's events, outside this run's counters).
+            self._spool.park(job.events)
         spooled = lost = 0
         if self._spool is not None:
             parked, refused = self._spool.park(held)

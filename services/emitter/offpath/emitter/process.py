@@ -15,10 +15,12 @@ backlog, written as the pipe drains; that backlog is bounded and, unlike the
 pipe, lost on a crash. The serving process keeps the pipe's read end open,
 so a sender that dies is restarted on the same pipe and nothing in it is
 lost; what the dead sender had read but not sent is counted as
-``sender_lost``. The sender's counters come back on a second pipe, so the
-serving process's stats still add up: every event emitted is enqueued or
-dropped, and every enqueued one is sent, dropped under a reason, or
-buffered (backlog, pipe, or sender).
+``sender_lost``. The sender's counters come back on a second pipe (after
+every send and, while a send retries through an outage, every second), so
+the serving process's stats still add up and move during an outage: every
+event emitted is enqueued or dropped, and every enqueued one is sent,
+dropped under a reason, spooled, or buffered (backlog, pipe, or sender). At
+shutdown, one ``events_lost`` log line gives every loss by reason.
 
 Everything in this class runs on the event loop's thread.
 """
