@@ -271,7 +271,9 @@ def rendered_env(
     objects: tuple[dict[str, Any], ...] | list[dict[str, Any]], deployment_name: str
 ) -> dict[str, str]:
     """The environment a rendered Deployment's first container gets from the
-    rendered ConfigMaps its envFrom names (hash suffixes and all)."""
+    rendered ConfigMaps its envFrom names (hash suffixes and all) and its
+    literal ``env`` values (variables taken from a Secret are left out: their
+    values are not in the manifests)."""
     maps = {
         doc["metadata"]["name"]: doc.get("data", {}) for doc in objects_of(objects, "ConfigMap")
     }
@@ -282,7 +284,8 @@ def rendered_env(
     for source in container.get("envFrom", []):
         env.update(maps[source["configMapRef"]["name"]])
     for variable in container.get("env", []):
-        env[variable["name"]] = variable["value"]
+        if "value" in variable:
+            env[variable["name"]] = variable["value"]
     return env
 
 

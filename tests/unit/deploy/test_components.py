@@ -48,6 +48,9 @@ KUBERNETES_VERSIONS = (MIN_KUBERNETES, kubernetes_validate.latest_version())
 
 RENDERINGS = renderings()
 Objects = tuple[dict[str, Any], ...]
+# Components no overlay enables by default: they need something the
+# operator makes first (tls: the certificates' Secrets).
+OPT_IN_COMPONENTS = ("tls",)
 
 
 def validation_errors(doc: dict[str, Any]) -> list[str]:
@@ -154,17 +157,18 @@ class TestRenderings:
 
     def test_every_component_is_a_component_and_rendered(self) -> None:
         """Each folder of deploy/k8s/components is a kustomize Component that
-        adds objects to the base, and the aws overlay enables every one."""
+        changes the base's rendering, and the aws overlay enables every one
+        but tls (which needs certificates the operator issues first)."""
         names = component_names()
-        assert names == ["hpa", "keda", "network-policy", "pod-monitor"]
-        base_count = len(render(BASE))
+        assert names == ["hpa", "keda", "network-policy", "pod-monitor", "tls"]
+        base = render(BASE)
         for name in names:
             (doc,) = load_docs(COMPONENTS / name / "kustomization.yaml")
             assert doc["apiVersion"] == "kustomize.config.k8s.io/v1alpha1", name
             assert doc["kind"] == "Component", name
-            assert len(render_base_with(name)) > base_count, name
+            assert render_base_with(name) != base, name
         enabled = sorted((AWS / entry).resolve().name for entry in kustomization(AWS)["components"])
-        assert enabled == names
+        assert enabled == [name for name in names if name not in OPT_IN_COMPONENTS]
 
 
 class TestPods:
@@ -366,3 +370,77 @@ class TestAwsOverlay:
             assert match[3] == env[name_key]
             accounts.add(match[2])
         assert len(accounts) == 1
+
+
+def _container(objects: Objects, deployment: str) -> dict[str, Any]:
+    container: dict[str, Any] = one_object(objects, "Deployment", deployment)["spec"]["template"][
+        "spec"
+    ]["containers"][0]
+    return container
+
+
+class TestTls:
+    @pytest.mark.parametrize("service", sorted(SERVICES))
+    def test_each_service_reads_its_certificate_from_a_tls_secret(self, service: str) -> None:
+        """With the tls component, each Deployment mounts a Secret of its own
+        (kubernetes.io/tls keys: tls.crt, tls.key) read-only, and
+        OFFPATH_TLS_CERT_FILE / OFFPATH_TLS_KEY_FILE name those files; no
+        client CA (mutual TLS is an overlay's choice)."""
+        objects = render_base_with("tls")
+        deployment = SERVICES[service].name
+        pod = one_object(objects, "Deployment", deployment)["spec"]["template"]["spec"]
+        container = _container(objects, deployment)
+        env = rendered_env(objects, deployment)
+        (volume,) = [v for v in pod["volumes"] if "secret" in v]
+        assert volume["secret"]["secretName"] == f"{deployment}-tls"
+        assert volume["secret"].get("optional") is not True
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+        assert mount["readOnly"] is True
+        assert env["OFFPATH_TLS_CERT_FILE"] == f"{mount['mountPath']}/tls.crt"
+        assert env["OFFPATH_TLS_KEY_FILE"] == f"{mount['mountPath']}/tls.key"
+        assert "OFFPATH_TLS_CLIENT_CA_FILE" not in env
+        # The key is readable by the pod's group (fsGroup) and by no one else.
+        assert volume["secret"]["defaultMode"] & 0o007 == 0
+        assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+
+    @pytest.mark.parametrize("service", sorted(SERVICES))
+    def test_probes_do_not_speak_plaintext_grpc_to_a_tls_port(self, service: str) -> None:
+        """The kubelet's grpc probe is plaintext: with TLS, liveness and readiness
+        are tcpSocket probes of the grpc port instead, and the rest of the
+        container (its other variables and mounts) is left as it was."""
+        objects = render_base_with("tls")
+        deployment = SERVICES[service].name
+        container = _container(objects, deployment)
+        for probe in ("livenessProbe", "readinessProbe"):
+            assert "grpc" not in container[probe], probe
+            assert container[probe]["tcpSocket"]["port"] in container_ports(objects, deployment)
+        base = _container(render(BASE), deployment)
+        assert {m["name"] for m in base["volumeMounts"]} < {
+            m["name"] for m in container["volumeMounts"]
+        }
+        assert [v for v in base.get("env", []) if v not in container.get("env", [])] == []
+
+
+class TestSecrets:
+    @pytest.mark.parametrize("name", sorted(RENDERINGS))
+    def test_no_rendering_holds_a_secret(self, name: str) -> None:
+        """No key, certificate or token is committed: no rendering has a Secret
+        object (the operator creates them with kubectl; the README says how)."""
+        assert objects_of(RENDERINGS[name], "Secret") == []
+
+    @pytest.mark.parametrize("name", sorted(RENDERINGS))
+    def test_ingest_read_tokens_come_from_an_optional_secret(self, name: str) -> None:
+        """AnalyticsIngest takes OFFPATH_INGEST_READ_TOKENS from the Secret
+        offpath-ingest-read-tokens (optional: the pod starts without it, its
+        read API then open); QueryService never gets the tokens."""
+        objects = RENDERINGS[name]
+        ingest = _container(objects, SERVICES["ingest"].name)
+        (tokens,) = [v for v in ingest.get("env", []) if v["name"] == "OFFPATH_INGEST_READ_TOKENS"]
+        reference = tokens["valueFrom"]["secretKeyRef"]
+        assert reference == {
+            "name": "offpath-ingest-read-tokens",
+            "key": "tokens",
+            "optional": True,
+        }
+        query = _container(objects, SERVICES["query"].name)
+        assert not [v for v in query.get("env", []) if "READ_TOKENS" in v["name"]]
