@@ -99,10 +99,13 @@ class TestProperties:
     def test_hostile_text_of_the_longest_query_takes_milliseconds(self, text: str) -> None:
         """No input of the longest allowed query makes a pattern backtrack: every one is
         redacted in well under 50 ms (about 1 ms here; exponential backtracking would take
-        seconds)."""
-        started = time.perf_counter()
-        redact(text)
-        assert time.perf_counter() - started < 0.05
+        seconds). The best of three runs, so a busy machine's pause is not counted."""
+        took = []
+        for _ in range(3):
+            started = time.perf_counter()
+            redact(text)
+            took.append(time.perf_counter() - started)
+        assert min(took) < 0.05
 
 
 class TestPolicy:
