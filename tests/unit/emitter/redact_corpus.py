@@ -76,6 +76,12 @@ POSITIVES: tuple[Positive, ...] = (
     Positive("number", "digits 1234567890123", "digits [number]"),
     Positive("number", "policy no. 0012345", "policy no. [number]"),
     Positive("number", "tax id 123-45-6789-0", "tax id [number]"),
+    # digits and signs of other scripts and widths
+    Positive(
+        "number", "SSN \uff10\uff17\uff18-\uff10\uff15-\uff11\uff11\uff12\uff10", "SSN [number]"
+    ),
+    Positive("email", "mail jane\uff20example.com", "mail [email]"),
+    Positive("phone", "call +٩٧١ ٤ ١٢٣ ٤٥٦٧", "call [phone]"),
     # several kinds in one query
     Positive(
         "email",
@@ -123,4 +129,7 @@ NEGATIVES: tuple[str, ...] = (
     "Terraform 1.6, AWS CDK v2",
     "user @octocat on GitHub",
     "1 2 3 4 5 6 7",
+    "Ünïcödé résumé for Zürich, 5 years",
+    "Python \uff13.\uff11\uff11 and \u0665 years",  # fullwidth and Arabic-Indic digits
+    "\u65e5\u672c\u8a9e\u3067Python\u306e\u7d4c\u9a13\u306f\uff1f",  # fullwidth ?
 )

@@ -99,6 +99,7 @@ _SSN_SPACED = re.compile(r"(?<![\w.,])\d{3} \d{2} \d{4}(?!\w|[.,]\d)")
 _DIGIT_RUN = re.compile(r"\d{6,}")
 _SPACE = re.compile(r"\s+")
 _HAS_DIGIT = re.compile(r"\d")
+_OTHER_DIGIT = re.compile(r"(?![0-9])\d")
 
 
 def _digits(text: str) -> str:
@@ -228,11 +229,34 @@ def _redact_region(match: re.Match[str]) -> str:
     return text
 
 
+def _ascii_forms(text: str) -> str:
+    """Fullwidth and other compatibility forms (NFKC), and the digits of
+    every script, as their ASCII characters: fullwidth digits and at-signs,
+    or Arabic-Indic digits, must not slip past patterns written in ASCII."""
+    text = unicodedata.normalize("NFKC", text)
+    return _OTHER_DIGIT.sub(_ascii_digit, text)
+
+
+def _ascii_digit(match: re.Match[str]) -> str:
+    return str(unicodedata.decimal(match.group()))
+
+
 def redact(text: str) -> str:
     """``text`` with e-mail addresses, phone, card, IBAN and other long
     numbers, and IPv4 addresses replaced by typed placeholders (``[email]``,
-    ``[phone]``, ``[card]``, ``[iban]``, ``[ip]``, ``[number]``). Best
-    effort; see the module docstring for what it does not catch."""
+    ``[phone]``, ``[card]``, ``[iban]``, ``[ip]``, ``[number]``). A text
+    that is not all ASCII is matched in its ASCII forms (NFKC, digits of
+    every script as 0-9); when something in it is masked, the rest comes
+    back in those forms too. Best effort; see the module docstring for what
+    it does not catch."""
+    if text.isascii():
+        return _redact_ascii(text)
+    forms = _ascii_forms(text)
+    redacted = _redact_ascii(forms)
+    return text if redacted == forms else redacted
+
+
+def _redact_ascii(text: str) -> str:
     if "@" in text:
         text = _EMAIL.sub(_email, text)
     digits = len(text) - len(text.translate(_NO_DIGITS))
