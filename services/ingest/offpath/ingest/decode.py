@@ -23,7 +23,8 @@ The whole message is poison when it is not ours or not a batch at all:
 - it has no ``batch_id`` (the key its events are claimed under), or one
   longer than :data:`MAX_BATCH_ID_CHARS`, or no events at all;
 - none of its events can be stored: the message goes as it came (original
-  body and attributes), the reason listing each event's problem.
+  body and attributes), the reason ("invalid events: ...") listing each
+  event's problem as for the invalid events split off a good batch.
 
 Otherwise the events the store cannot take are split off (:func:`event_problem`
 says why, see :data:`MAX_ITEM_BYTES` and the checks there) and the others are
@@ -152,7 +153,8 @@ def decode(body: str, attributes: Mapping[str, Any]) -> Decoded | Poison:
     valid, invalid = split_events(batch.events)
     if not valid:
         return Poison(
-            "no event of the batch can be stored: " + problems(invalid),
+            # The same words as the letter of a good batch's invalid events.
+            "invalid events: " + problems(invalid),
             "no_valid_events",
             tuple(_event_label(event) for event, _ in invalid),
         )
