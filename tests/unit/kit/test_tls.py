@@ -173,7 +173,7 @@ async def _echo(request: bytes, context: Any) -> bytes:
 
 
 async def _served(tls: TlsSettings | None) -> tuple[grpc.aio.Server, int]:
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
@@ -221,6 +221,22 @@ class TestBindPort:
             assert await _call(port, None) == b"ping"
         finally:
             await server.stop(None)
+
+    async def test_a_failed_tls_bind_names_the_files(self, pki: Pki) -> None:
+        """gRPC's "Failed to bind" (a busy port, or a key its TLS library
+        refuses) says which certificate and key were being served."""
+        tls = TlsSettings.from_env(pki.env())
+        first, port = await _served(tls)
+        second = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        try:
+            with pytest.raises(RuntimeError) as caught:
+                bind_port(second, f"127.0.0.1:{port}", tls)
+            assert f"{ENV_CERT_FILE}={pki.cert_file} and {ENV_KEY_FILE}={pki.key_file}" in str(
+                caught.value
+            )
+        finally:
+            await second.stop(None)
+            await first.stop(None)
 
     async def test_tls_serves_a_client_trusting_the_ca(self, pki: Pki, tls_server: int) -> None:
         """A client verifying the server with the test CA is served."""

@@ -151,4 +151,12 @@ def bind_port(server: grpc.aio.Server, address: str, tls: TlsSettings | None) ->
         cert_file=tls.cert_file,
         client_ca_file=tls.client_ca_file,
     )
-    return server.add_secure_port(address, credentials)
+    try:
+        return server.add_secure_port(address, credentials)
+    except RuntimeError as exc:
+        # gRPC says "Failed to bind" for a busy port and for credentials its
+        # TLS library refuses (a DSA key, say) alike: name both.
+        raise RuntimeError(
+            f"{exc}; the port may be in use, or gRPC cannot serve TLS with "
+            f"{ENV_CERT_FILE}={tls.cert_file} and {ENV_KEY_FILE}={tls.key_file}"
+        ) from exc
