@@ -108,10 +108,10 @@ async def run(settings: IngestSettings, stop_event: asyncio.Event | None = None)
     )
     metrics.start()
 
+    servicer = IngestServicer(store, summary_max_days=settings.retention_days)
+
     def add(grpc_server: grpc.aio.Server) -> None:
-        ingest_pb2_grpc.add_AnalyticsIngestServicer_to_server(
-            IngestServicer(store, summary_max_days=settings.retention_days), grpc_server
-        )
+        ingest_pb2_grpc.add_AnalyticsIngestServicer_to_server(servicer, grpc_server)
 
     async def started() -> None:
         if consumer is None:
@@ -125,6 +125,7 @@ async def run(settings: IngestSettings, stop_event: asyncio.Event | None = None)
 
     async def stopped() -> None:
         stop.set()
+        servicer.close()
         if consumer is not None and not await asyncio.to_thread(consumer.drain, server.grace_s):
             log.warning("consumer_still_processing", detail="exiting; its messages reappear")
         metrics.stop()
@@ -135,6 +136,7 @@ async def run(settings: IngestSettings, stop_event: asyncio.Event | None = None)
         add_servicers=add,
         # Metrics first: refused calls are counted (UNAUTHENTICATED) too.
         interceptors=[rpc_metrics.interceptor, *read_api_interceptors(settings)],
+        activity=rpc_metrics.activity,
         on_started=started,
         on_stopped=stopped,
         stop_event=stop_event,
