@@ -14,10 +14,19 @@ from typing import TYPE_CHECKING, Any, Unpack
 
 import pytest
 from grpc_health.v1 import health_pb2
+from prometheus_client import CollectorRegistry, generate_latest
 from structlog.testing import capture_logs
 
-from offpath.ingest.consumer import MAX_RECEIVES, EventWriter, StoreFailure, store_failure
+from offpath.ingest.consumer import (
+    DEAD_LETTER_KINDS,
+    MAX_RECEIVES,
+    ConsumerStats,
+    EventWriter,
+    StoreFailure,
+    store_failure,
+)
 from offpath.ingest.decode import MAX_TIMESTAMP_SECONDS
+from offpath.ingest.metrics import IngestCollector
 from offpath.ingest.store import EventStore, WriteError
 from offpath.kit.sqs import (
     MESSAGE_ATTRIBUTES,
@@ -399,3 +408,38 @@ class TestStoreFailure:
         throttled.response["CancellationReasons"] = [{"Code": "ThrottlingError"}]
         assert store_failure(invalid).kind == "refused"
         assert store_failure(throttled).kind == "unavailable"
+
+
+class TestMetrics:
+    def test_dead_letters_are_counted_by_kind(self, harness: Harness) -> None:
+        """/metrics shows each dead letter under its kind, every kind from zero."""
+        harness.send(body="%%%")
+        harness.send(body=_raw(query_pb2.QueryRequest(query="q", top_k=1).SerializeToString()))
+        harness.send(body=encode_batch(analytics_pb2.AnalyticsBatch(batch_id="e")))
+        harness.send(_event(1), _year_10000(2))
+        harness.consumer.poll_once()
+        registry = CollectorRegistry()
+        registry.register(IngestCollector(harness.consumer))
+        text = generate_latest(registry).decode()
+        counts = {
+            kind: registry.get_sample_value("offpath_ingest_dead_letters_total", {"kind": kind})
+            for kind in DEAD_LETTER_KINDS
+        }
+        assert counts == {
+            **dict.fromkeys(DEAD_LETTER_KINDS, 0.0),
+            "undecodable": 1.0,
+            "foreign": 1.0,
+            "empty": 1.0,
+            "invalid_events": 1.0,
+        }
+        assert "# HELP offpath_ingest_dead_letters_total" in text
+
+    def test_pollers_counts_add_up(self) -> None:
+        first, second = ConsumerStats(), ConsumerStats()
+        first.count_dead_letter("empty")
+        second.count_dead_letter("empty")
+        second.count_dead_letter("store_refused")
+        total = ConsumerStats.total([first, second])
+        assert total.dead_letter_kinds["empty"] == 2
+        assert total.dead_letter_kinds["store_refused"] == 1
+        assert first.dead_letter_kinds["empty"] == 1  # the parts are left as they were

@@ -180,6 +180,27 @@ class Queues:
     dlq_url: str | None = None
 
 
+# Why messages and events go to the DLQ (offpath_ingest_dead_letters{kind}):
+# decode's poison kinds, split-off invalid events, a store refusal, the
+# receive-count backstop.
+DEAD_LETTER_KINDS: Final = (
+    "schema",
+    "undecodable",
+    "foreign",
+    "empty",
+    "no_valid_events",
+    "invalid_events",
+    "store_refused",
+    "receive_limit",
+)
+
+
+def _no_dead_letters() -> dict[str, int]:
+    # Every kind from the start: the dict never changes size, so a scrape can
+    # read it while its poller counts.
+    return dict.fromkeys(DEAD_LETTER_KINDS, 0)
+
+
 @dataclass(slots=True)
 class ConsumerStats:
     """Counters, each written by one thread (a poller, or the keeper) and
@@ -203,13 +224,24 @@ class ConsumerStats:
     store_backoffs: int = 0
     # Messages received after shutdown began, made visible again at once.
     handed_back: int = 0
+    # Dead letters sent (messages, or letters of invalid events) by kind.
+    dead_letter_kinds: dict[str, int] = field(default_factory=_no_dead_letters)
+
+    def count_dead_letter(self, kind: str) -> None:
+        if kind in self.dead_letter_kinds:
+            self.dead_letter_kinds[kind] += 1
 
     @classmethod
     def total(cls, parts: Iterable[ConsumerStats]) -> ConsumerStats:
         total = cls()
         for part in parts:
             for f in fields(cls):
-                setattr(total, f.name, getattr(total, f.name) + getattr(part, f.name))
+                mine, theirs = getattr(total, f.name), getattr(part, f.name)
+                if isinstance(mine, dict):
+                    for key, value in list(theirs.items()):
+                        mine[key] = mine.get(key, 0) + value
+                else:
+                    setattr(total, f.name, mine + theirs)
         return total
 
 
@@ -919,6 +951,7 @@ class _Poller:
         )
         ok = self._send_dead_letter(request, message_id)
         if ok:
+            self.stats.count_dead_letter(kind)
             log.warning(
                 "message_dead_lettered",
                 message_id=message_id,
@@ -938,6 +971,7 @@ class _Poller:
         ok = self._send_dead_letter(request, f"{message_id}-invalid")
         if ok:
             self.stats.invalid_events += len(invalid)
+            self.stats.count_dead_letter("invalid_events")
             log.warning(
                 "events_dead_lettered",
                 message_id=message_id,

@@ -48,10 +48,24 @@ _COUNTERS = (
 LAG_METRIC = "offpath_ingest_lag_seconds"
 
 
+DEAD_LETTERS_METRIC = "offpath_ingest_dead_letters"
+
+
 def consumer_samples(stats: ConsumerStats) -> list[Sample]:
     return [
-        Sample(name, help_text, "counter", {(): getattr(stats, field)})
-        for field, name, help_text in _COUNTERS
+        *(
+            Sample(name, help_text, "counter", {(): getattr(stats, field)})
+            for field, name, help_text in _COUNTERS
+        ),
+        Sample(
+            DEAD_LETTERS_METRIC,
+            "Dead letters sent, by why: schema, undecodable, foreign (another message type), "
+            "empty, no_valid_events, invalid_events (split off a good batch), store_refused, "
+            "receive_limit.",
+            "counter",
+            {(kind,): count for kind, count in stats.dead_letter_kinds.items()},
+            labels=("kind",),
+        ),
     ]
 
 
