@@ -13,6 +13,7 @@ from typing import Any
 from offpath.dev.bootstrap import ResourceNames, Resources
 from offpath.emitter import EmitterSettings, SqsSink
 from offpath.ingest import lambda_handler, rollups
+from offpath.ingest.decode import MAX_TIMESTAMP_SECONDS
 from offpath.ingest.settings import ENV_ROLLUP_TABLE_NAME, ENV_TABLE_NAME, IngestSettings
 from offpath.ingest.store import TABLE_KEY, EventStore
 from offpath.kit.aws import dynamodb_client, sqs_client
@@ -23,6 +24,7 @@ from offpath.kit.sqs import (
     MESSAGE_ATTRIBUTES,
     REASON_ATTRIBUTE,
     SOURCE_ID_ATTRIBUTE,
+    encode_batch,
 )
 from offpath.v1 import analytics_pb2
 
@@ -231,3 +233,32 @@ def test_unwritable_records_are_reported_for_retry(
     assert failed == [m["MessageId"] for m in messages if m["Body"] != "this is not base64!"]
     assert len(failed) == 2
     assert len(_dead(resources)) == 1
+
+
+def test_year_10000_is_dead_lettered_and_the_good_records_land(
+    resources: Resources, names: ResourceNames
+) -> None:
+    """A message whose only event is dated in year 10000, between good ones of the
+    same FIFO group: dead-lettered with its reason on this first receive and not
+    reported (so its group goes on), and the good events are stored."""
+    good = _events(3)
+    _send(names, good[:1])
+    bad = _events(1)[0]
+    bad.occurred_at.seconds = MAX_TIMESTAMP_SECONDS + 1
+    batch = analytics_pb2.AnalyticsBatch(batch_id=new_id(), producer_id="it", events=[bad])
+    sqs_client().send_message(
+        QueueUrl=resources.queue_url,
+        MessageBody=encode_batch(batch),
+        MessageAttributes=MESSAGE_ATTRIBUTES,
+        MessageGroupId="it",
+        MessageDeduplicationId=batch.batch_id,
+    )
+    _send(names, good[1:])
+    messages = _receive(resources)
+    assert len(messages) == 3
+    handler = _handler(names, resources)
+    assert handler.handle(_lambda_event(resources, messages)) == {"batchItemFailures": []}
+    assert set(_stored(resources)) == {e.event_id for e in good}
+    (dead,) = _dead(resources)
+    assert "after 9999-12-31" in dead["MessageAttributes"][REASON_ATTRIBUTE]["StringValue"]
+    assert dead["Body"] == encode_batch(batch)
