@@ -82,6 +82,8 @@ POSITIVES: tuple[Positive, ...] = (
     ),
     Positive("email", "mail jane\uff20example.com", "mail [email]"),
     Positive("phone", "call +٩٧١ ٤ ١٢٣ ٤٥٦٧", "call [phone]"),
+    Positive("phone", "call +44\u00a020\u00a07946\u00a00958…", "call [phone]…"),
+    Positive("number", "SSN 078\u201305\u20131120 (en dashes)", "SSN [number] (en dashes)"),
     # several kinds in one query
     Positive(
         "email",

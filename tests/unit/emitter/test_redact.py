@@ -56,6 +56,11 @@ class TestCorpus:
         exactly as asked."""
         assert redact(text) == text
 
+    def test_a_rejected_prefix_keeps_its_mark_through_redaction(self) -> None:
+        """The mark of a cut text is not rewritten when the text around it is masked."""
+        cut = rejected_prefix("my SSN is 078-05-1120, am I hired? " + "please " * 100)
+        assert redact(cut) == "my SSN is [number], am I hired? please please please please p…"
+
     def test_the_testers_query_is_masked(self) -> None:
         """The query a tester found stored verbatim loses its social security number."""
         assert redact("my SSN is 078-05-1120, am I hired?") == "my SSN is [number], am I hired?"
@@ -92,6 +97,8 @@ class TestProperties:
             "(" * 1024 + "0" * 1024,
             "4" * 19 + " " + "4 " * 1014,
             "DE89" + " 3704" * 511,
+            "".join(chr(0x4E00 + i) for i in range(2048)),  # 2,048 characters never seen
+            "\u0661\u00a0" * 1024,  # Arabic-Indic digits and no-break spaces
             ("reach a.b@example.com or 555-010-0123 about 2024 roles; " * 40)[:2048],
         ],
         ids=lambda text: repr(text[:12]),

@@ -99,7 +99,6 @@ _SSN_SPACED = re.compile(r"(?<![\w.,])\d{3} \d{2} \d{4}(?!\w|[.,]\d)")
 _DIGIT_RUN = re.compile(r"\d{6,}")
 _SPACE = re.compile(r"\s+")
 _HAS_DIGIT = re.compile(r"\d")
-_OTHER_DIGIT = re.compile(r"(?![0-9])\d")
 
 
 def _digits(text: str) -> str:
@@ -229,29 +228,45 @@ def _redact_region(match: re.Match[str]) -> str:
     return text
 
 
-def _ascii_forms(text: str) -> str:
-    """Fullwidth and other compatibility forms (NFKC), and the digits of
-    every script, as their ASCII characters: fullwidth digits and at-signs,
-    or Arabic-Indic digits, must not slip past patterns written in ASCII."""
-    text = unicodedata.normalize("NFKC", text)
-    return _OTHER_DIGIT.sub(_ascii_digit, text)
+class _AsciiSigns(dict[int, str]):
+    """``str.translate``'s table from a character to the ASCII digit or sign
+    it stands for: a digit of any script (Arabic-Indic, fullwidth), and a
+    character whose compatibility form (NFKC) is one ASCII digit or sign
+    the patterns use (a fullwidth ``@``, a no-break space); a dash of any
+    kind becomes ``-``. Letters and everything else stay as they are (an
+    ellipsis too). Filled as characters are met; bounded."""
+
+    _SIGNS: Final = frozenset("0123456789@+-.()/ ")
+    _MAX: Final = 4096
+
+    def __missing__(self, code: int) -> str:
+        char = chr(code)
+        if char.isdecimal():
+            value = str(unicodedata.decimal(char))
+        elif unicodedata.category(char) == "Pd":
+            value = "-"
+        else:
+            form = unicodedata.normalize("NFKC", char)
+            value = form if form in self._SIGNS else char
+        if len(self) < self._MAX:
+            self[code] = value
+        return value
 
 
-def _ascii_digit(match: re.Match[str]) -> str:
-    return str(unicodedata.decimal(match.group()))
+_ASCII_SIGNS: Final = _AsciiSigns()
 
 
 def redact(text: str) -> str:
     """``text`` with e-mail addresses, phone, card, IBAN and other long
     numbers, and IPv4 addresses replaced by typed placeholders (``[email]``,
-    ``[phone]``, ``[card]``, ``[iban]``, ``[ip]``, ``[number]``). A text
-    that is not all ASCII is matched in its ASCII forms (NFKC, digits of
-    every script as 0-9); when something in it is masked, the rest comes
-    back in those forms too. Best effort; see the module docstring for what
-    it does not catch."""
+    ``[phone]``, ``[card]``, ``[iban]``, ``[ip]``, ``[number]``). In a
+    text that is not all ASCII, digits and signs are matched in their ASCII
+    forms (see :class:`_AsciiSigns`); when something in it is masked, the
+    rest comes back with those forms too. Best effort; see the module
+    docstring for what it does not catch."""
     if text.isascii():
         return _redact_ascii(text)
-    forms = _ascii_forms(text)
+    forms = text.translate(_ASCII_SIGNS)
     redacted = _redact_ascii(forms)
     return text if redacted == forms else redacted
 
