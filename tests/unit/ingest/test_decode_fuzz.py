@@ -12,7 +12,7 @@ import uuid
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Unpack
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from offpath.ingest import rollups
@@ -49,7 +49,9 @@ NANOS = st.one_of(st.sampled_from([0, 999_999_999, 1_000_000_000, -1]), INT32)
 TEXT = st.one_of(
     st.text(max_size=40),
     # Large strings: near and past DynamoDB's 400 KB item limit once stored.
-    st.builds(lambda c, n: c * n, st.characters(), st.sampled_from([1_100, 150_000, 210_000])),
+    st.builds(
+        lambda c, n: c * n, st.characters(codec="utf-8"), st.sampled_from([1_100, 150_000, 210_000])
+    ),
 )
 EVENT_ID = st.one_of(
     st.uuids().map(str),
@@ -216,11 +218,41 @@ def test_any_text_and_attributes(body: str, attributes: dict[str, Any]) -> None:
     _settle(decode(body, MESSAGE_ATTRIBUTES))
 
 
+def _edge(change: Any) -> analytics_pb2.AnalyticsEvent:
+    """A storable event with one field changed: the known edges, always tried."""
+    event = analytics_pb2.AnalyticsEvent(
+        event_id=str(uuid.UUID(int=7)),
+        service="offpath.v1.QueryService",
+        method="/offpath.v1.QueryService/Query",
+        query="q",
+    )
+    event.occurred_at.seconds = 1_790_000_000
+    event.matched_skills.add(name="Kubernetes", score=0.5)
+    change(event)
+    return event
+
+
+EDGES = [
+    _edge(lambda e: setattr(e.occurred_at, "seconds", 253_402_300_800)),  # year 10000
+    _edge(lambda e: setattr(e.occurred_at, "seconds", 253_402_300_799)),  # last second
+    _edge(lambda e: setattr(e.occurred_at, "nanos", -1)),
+    _edge(lambda e: setattr(e.processing_time, "seconds", -1)),
+    _edge(lambda e: setattr(e.matched_skills[0], "score", float("nan"))),
+    _edge(lambda e: setattr(e.matched_skills[0], "score", float("inf"))),
+    _edge(lambda e: setattr(e.matched_skills[0], "score", 3.4e38)),
+    _edge(lambda e: e.attributes.__setitem__("", "v")),
+    _edge(lambda e: setattr(e, "query", "q" * 210_000)),
+    _edge(lambda e: setattr(e, "method", "m" * 1_100)),
+    _edge(lambda e: setattr(e, "token_count", -1)),
+]
+
+
 @FUZZ
 @given(
     st.one_of(st.uuids().map(str), st.text(max_size=200)),
     st.lists(events(), max_size=4),
 )
+@example(batch_id=str(uuid.UUID(int=1)), batch_events=EDGES)
 def test_structurally_valid_batches(batch_id: str, batch_events: list[Any]) -> None:
     """Batches of events with arbitrary field values: each event is either stored
     or dead-lettered with a reason, and what is stored the store takes."""

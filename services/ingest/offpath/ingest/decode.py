@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -138,7 +139,7 @@ def decode(body: str, attributes: Mapping[str, Any]) -> Decoded | Poison:
         batch.ParseFromString(raw)
     except (DecodeError, ValueError, RuntimeError) as exc:
         return Poison(f"body is not an AnalyticsBatch: {exc}", "undecodable")
-    foreign = _foreign_field(batch)
+    foreign = _foreign_field(batch, ("created_at", batch.created_at))
     if foreign is not None:
         return Poison(f"body is not an AnalyticsBatch: {foreign}", "foreign")
     if not batch.batch_id:
@@ -189,7 +190,12 @@ def event_problem(event: analytics_pb2.AnalyticsEvent) -> str | None:
     if not is_uuid(event.event_id):
         return f"event_id {event.event_id[:64]!r} is not a UUID"
     name = f"event {event.event_id}"
-    foreign = _foreign_field(event)
+    foreign = _foreign_field(
+        event,
+        ("occurred_at", event.occurred_at),
+        ("processing_time", event.processing_time),
+        *((f"matched_skills[{i}]", skill) for i, skill in enumerate(event.matched_skills)),
+    )
     if foreign is not None:
         return f"{name} is not an AnalyticsEvent: {foreign}"
     problem = (
@@ -240,9 +246,6 @@ def _number_problem(event: analytics_pb2.AnalyticsEvent) -> str | None:
     if len(event.matched_skills) > MAX_SKILLS:
         return f"{len(event.matched_skills)} matched_skills; at most {MAX_SKILLS}"
     for index, skill in enumerate(event.matched_skills):
-        foreign = _foreign_field(skill)
-        if foreign is not None:
-            return f"matched_skills[{index}] is not a MatchedSkill: {foreign}"
         if not math.isfinite(skill.score) or abs(skill.score) > MAX_SCORE:
             return f"matched_skills[{index}] score {skill.score!r} is not a finite similarity"
     if "" in event.attributes:
@@ -257,20 +260,24 @@ def _size_problem(event: analytics_pb2.AnalyticsEvent) -> str | None:
             f"{event.ByteSize()} bytes encoded; its item (up to {bound} bytes) would pass "
             f"DynamoDB's {MAX_ITEM_BYTES}-byte item limit"
         )
-    _, sort_key = rollups.rollup_key(0, event.service, event.method, f"{rollups.QUERIES}0")
-    if len(sort_key.encode()) > MAX_SORT_KEY_BYTES:
+    if len(event.service) + len(event.method) > MAX_SORT_KEY_BYTES:
+        # Too long whatever the escaping; such series are not worth caching.
+        size = len(event.service.encode()) + len(event.method.encode())
+    else:
+        size = _rollup_sort_key_bytes(event.service, event.method)
+    if size > MAX_SORT_KEY_BYTES:
         return (
-            f"service and method take {len(sort_key.encode())} bytes in a rollup sort key; "
+            f"service and method take {size} bytes or more in a rollup sort key; "
             f"DynamoDB allows {MAX_SORT_KEY_BYTES}"
         )
     return None
 
 
-def _foreign_field(message: Message) -> str | None:
+def _foreign_field(message: Message, *parts: tuple[str, Message]) -> str | None:
     """A field of one of ``message``'s own numbers that did not parse as that
     field (so the bytes are some other message), described; None when every
-    unknown field has a number the schema does not use. Timestamp and Duration
-    sub-messages are checked too."""
+    unknown field has a number the schema does not use. ``parts`` are its
+    sub-messages to check too, by name."""
     known = message.DESCRIPTOR.fields_by_number
     unknowns = UnknownFieldSet(message)
     for index in range(len(unknowns)):
@@ -281,15 +288,21 @@ def _foreign_field(message: Message) -> str | None:
                 f"field {unknown.field_number} ({known[unknown.field_number].name}) "
                 f"does not parse as {message.DESCRIPTOR.name}'s field (wire type {wire})"
             )
-    for descriptor, value in message.ListFields():
-        if descriptor.message_type is not None and descriptor.message_type.full_name in (
-            "google.protobuf.Timestamp",
-            "google.protobuf.Duration",
-        ):
-            inner = _foreign_field(value)
-            if inner is not None:
-                return f"{descriptor.name}: {inner}"
+    for name, part in parts:
+        inner = _foreign_field(part)
+        if inner is not None:
+            return f"{name}: {inner}"
     return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _rollup_sort_key_bytes(service: str, method: str) -> int:
+    """Bytes of the longest rollup sort key of a series (its query items'):
+    events of a series share it, so it is worked out once per series."""
+    _, sort_key = rollups.rollup_key(
+        0, service, method, f"{rollups.QUERIES}{rollups.QUERY_SHARDS - 1}"
+    )
+    return len(sort_key.encode())
 
 
 def _event_label(event: analytics_pb2.AnalyticsEvent) -> str:
