@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2
 from prometheus_client import CollectorRegistry, generate_latest
 from structlog.testing import capture_logs
 
+from offpath.dev import bootstrap
 from offpath.ingest.consumer import (
     DEAD_LETTER_KINDS,
     MAX_RECEIVES,
@@ -334,6 +335,11 @@ class TestStoreRefusals:
 
 
 class TestReceiveLimit:
+    def test_limit_is_the_queues_max_receive_count(self) -> None:
+        """The backstop acts where SQS would: after the maxReceiveCount that set-up
+        gives the queue (and deploy/aws, which its tests hold to set-up's)."""
+        assert MAX_RECEIVES == bootstrap.MAX_RECEIVE_COUNT
+
     def test_message_past_max_receive_count_is_dead_lettered_by_the_consumer(
         self, harness: Harness
     ) -> None:
