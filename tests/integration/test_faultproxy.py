@@ -3,7 +3,6 @@ botocore makes of each injected fault."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import urllib.request
@@ -22,7 +21,7 @@ from botocore.exceptions import (
 from botocore.retries.standard import RetryContext, ThrottledRetryableChecker
 
 from offpath.dev.bootstrap import Resources
-from offpath.dev.faultproxy import BATCH_FAILURE_CODE, FaultProxy, Faults
+from offpath.dev.faultproxy import BATCH_FAILURE_CODE, FaultProxy, Faults, ProxyControl
 from offpath.dev.stack import DevStack
 from offpath.kit.ids import new_id
 
@@ -95,6 +94,7 @@ def test_part_of_a_batch_failed_enqueues_the_rest_only(
     response = sqs.send_message_batch(QueueUrl=resources.queue_url, Entries=_entries(10))
     ok = {e["Id"] for e in response.get("Successful", [])}
     failed = {e["Id"] for e in response.get("Failed", [])}
+    assert len(failed) == 5
     assert ok | failed == {str(i) for i in range(10)}
     assert not ok & failed
     assert _queue_depth(resources.queue_url) == len(ok)
@@ -202,13 +202,10 @@ def test_command_line_control_port(local_aws: DevStack) -> None:
             for line in child.tail
             if (record := parse_line(line)) is not None and record["event"] == "server_started"
         )
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{control}/faults",
-            data=json.dumps({"throttle_rate": 1.0}).encode(),
-            method="PUT",
-        )
-        with urllib.request.urlopen(request, timeout=5) as answer:
-            assert json.load(answer)["faults"]["throttle_rate"] == 1.0
+        assert child.port is not None
+        remote = ProxyControl(child.port, control)
+        remote.set(throttle_rate=1.0)
+        assert remote.snapshot()["faults"]["throttle_rate"] == 1.0
         ddb = boto3.client(
             "dynamodb",
             region_name=os.environ["AWS_REGION"],
@@ -218,6 +215,9 @@ def test_command_line_control_port(local_aws: DevStack) -> None:
         with pytest.raises(ClientError) as caught:
             ddb.list_tables()
         assert caught.value.response["Error"]["Code"] == "ThrottlingException"
+        assert remote.snapshot()["stats"]["injected"] == {"throttled": 1}
+        remote.reset_stats()
+        assert remote.snapshot()["stats"]["requests"] == 0
         bad = urllib.request.Request(
             f"http://127.0.0.1:{control}/faults", data=b'{"nope": 1}', method="PUT"
         )

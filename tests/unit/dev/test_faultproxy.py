@@ -18,6 +18,7 @@ from offpath.dev.faultproxy import (
     Faults,
     HttpError,
     Message,
+    Spacer,
     read_message,
     server_error,
     split_batch,
@@ -27,12 +28,8 @@ from offpath.dev.faultproxy import (
 )
 
 
-def _sequence(*values: float) -> Iterator[float]:
-    yield from values
-
-
-def _rng(*values: float) -> Any:
-    it = _sequence(*values)
+def _picks(*values: bool) -> Any:
+    it: Iterator[bool] = iter(values)
     return lambda: next(it)
 
 
@@ -43,15 +40,25 @@ def _batch(n: int) -> bytes:
 
 
 def test_picked_entries_are_stripped_from_the_request() -> None:
-    body, failed = split_batch(_batch(4), 0.5, _rng(0.1, 0.9, 0.4, 0.6))
+    body, failed = split_batch(_batch(4), _picks(True, False, True, False))
     assert failed == ["0", "2"]
     assert [e["Id"] for e in json.loads(body)["Entries"]] == ["1", "3"]
 
 
 def test_no_rate_strips_nothing() -> None:
-    body, failed = split_batch(_batch(3), 0.0, _rng(0.0, 0.0, 0.0))
+    body, failed = split_batch(_batch(3), _picks(False, False, False))
     assert failed == []
     assert len(json.loads(body)["Entries"]) == 3
+
+
+def test_spacer_picks_the_share_evenly_first_one_included() -> None:
+    spacer = Spacer()
+    picks = [spacer.pick(0.1) for _ in range(30)]
+    assert [i for i, p in enumerate(picks) if p] == [0, 10, 20]
+    spacer = Spacer()
+    assert sum(spacer.pick(0.3) for _ in range(100)) == 30
+    assert not any(Spacer().pick(0.0) for _ in range(10))
+    assert all(Spacer().pick(1.0) for _ in range(10))
 
 
 def test_stripped_entries_are_reported_failed_and_retryable() -> None:

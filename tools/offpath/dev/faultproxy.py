@@ -18,19 +18,21 @@ moment, forwards it, delays it, or answers it itself:
 - ``throttle_rate``: this share gets 400 with the throttling error the
   service really sends (SQS ``RequestThrottled``, DynamoDB
   ``ThrottlingException``), which botocore classifies as throttling;
-- ``batch_fail_rate``: in a ``SendMessageBatch``, each entry with this
-  probability is taken out of the request before it is forwarded and
+- ``batch_fail_rate``: in a ``SendMessageBatch``, this share of entries is
+  taken out of the request before it is forwarded and
   reported ``Failed`` (retryable, ``SenderFault: false``) in the response, so
   a retry never duplicates a message;
 - ``txn_cancel_rate``: this share of ``TransactWriteItems`` calls is answered
   ``TransactionCanceledException`` with ``ThrottlingError`` reasons, as
   DynamoDB does when a transaction is throttled (never forwarded).
 
+Shares are picked evenly spread and the same every run (:class:`Spacer`).
 ``actions`` limits the faults to those ``X-Amz-Target`` actions (empty: all).
 Faults change at run time: in process through :meth:`FaultProxy.set` (the
 fault suite), or through the control port (``--control-port``): ``GET
 /faults`` answers the faults and counters as JSON, ``PUT /faults`` with a
-JSON object of fields sets them (the others return to no fault).
+JSON object of fields sets them (the others return to no fault), ``DELETE
+/stats`` sets the counters to zero; :class:`ProxyControl` is its client.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import http.client
 import json
-import random
 import socket
 import struct
 import threading
@@ -299,13 +301,36 @@ def transaction_throttled(items: int) -> Message:
     )
 
 
-def split_batch(body: bytes, rate: float, rng: Callable[[], float]) -> tuple[bytes, list[str]]:
-    """A ``SendMessageBatch`` body without the entries picked (each with
-    probability ``rate``), and the picked entries' ids."""
+class Spacer:
+    """Picks a share of what it is asked about, evenly spread and the same
+    every run: at 0.1, the 1st, 11th, 21st, ... (the first one included, so
+    even a short fault is exercised). Random picks would leave a run of a
+    few requests untouched as often as not."""
+
+    def __init__(self) -> None:
+        self._credit = 0.0
+        self._rate = 0.0
+
+    def pick(self, rate: float) -> bool:
+        if rate != self._rate:
+            # A new share starts with a pick.
+            self._rate, self._credit = rate, 1.0 - rate
+        if rate <= 0:
+            return False
+        self._credit += rate
+        if self._credit >= 1.0 - 1e-9:
+            self._credit -= 1.0
+            return True
+        return False
+
+
+def split_batch(body: bytes, pick: Callable[[], bool]) -> tuple[bytes, list[str]]:
+    """A ``SendMessageBatch`` body without the entries ``pick`` chose, and
+    their ids."""
     request = json.loads(body)
     kept, failed = [], []
     for entry in request.get("Entries", []):
-        if rng() < rate:
+        if pick():
             failed.append(str(entry.get("Id")))
         else:
             kept.append(entry)
@@ -366,17 +391,10 @@ class FaultProxy:
     switches faults at once for the next request; ``stop()`` closes
     everything."""
 
-    def __init__(
-        self,
-        upstream_host: str,
-        upstream_port: int,
-        *,
-        port: int = 0,
-        rng: Callable[[], float] = random.random,
-    ) -> None:
+    def __init__(self, upstream_host: str, upstream_port: int, *, port: int = 0) -> None:
         self._upstream = (upstream_host, upstream_port)
         self._bind_port = port
-        self._rng = rng
+        self._spacers: dict[str, Spacer] = {}
         self._lock = threading.Lock()
         self._faults = Faults()
         self.stats = Stats()
@@ -413,6 +431,10 @@ class FaultProxy:
     def reset_stats(self) -> None:
         with self._lock:
             self.stats = Stats()
+
+    def _pick(self, kind: str, rate: float) -> bool:
+        with self._lock:
+            return self._spacers.setdefault(kind, Spacer()).pick(rate)
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -528,20 +550,21 @@ class FaultProxy:
         upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None,
     ) -> tuple[Message, tuple[asyncio.StreamReader, asyncio.StreamWriter] | None]:
         service, action = request.service, request.action
-        if faults.error_rate and self._rng() < faults.error_rate:
+        if faults.error_rate and self._pick("error", faults.error_rate):
             self._count(f"http_{faults.error_status}")
             return server_error(service, faults.error_status), upstream
-        if faults.throttle_rate and self._rng() < faults.throttle_rate:
+        if faults.throttle_rate and self._pick("throttle", faults.throttle_rate):
             self._count("throttled")
             return throttled(service), upstream
         cancel = action == "TransactWriteItems" and faults.txn_cancel_rate
-        if cancel and self._rng() < faults.txn_cancel_rate:
+        if cancel and self._pick("transaction", faults.txn_cancel_rate):
             self._count("transaction_cancelled")
             items = len(json.loads(request.body or b"{}").get("TransactItems", [])) or 1
             return transaction_throttled(items), upstream
         failed: list[str] = []
         if action == "SendMessageBatch" and faults.batch_fail_rate:
-            body, failed = split_batch(request.body, faults.batch_fail_rate, self._rng)
+            rate = faults.batch_fail_rate
+            body, failed = split_batch(request.body, lambda: self._pick("entry", rate))
             if failed:
                 with self._lock:
                     self.stats.faults["batch_entries_failed"] += len(failed)
@@ -597,7 +620,10 @@ async def _control(
         while (request := await read_message(reader)) is not None:
             method, _, rest = request.start.partition(" ")
             path = rest.partition(" ")[0]
-            if path != "/faults":
+            if path == "/stats" and method == "DELETE":
+                proxy.reset_stats()
+                answer = json_response(200, proxy.snapshot())
+            elif path != "/faults":
                 answer = json_response(404, {"error": "not found: use /faults"})
             elif method == "GET":
                 answer = json_response(200, proxy.snapshot())
@@ -615,6 +641,44 @@ async def _control(
         pass
     finally:
         writer.close()
+
+
+class ProxyControl:
+    """The control port's client: a proxy in another process, driven like
+    an in-process :class:`FaultProxy` (``set``, ``snapshot``, ``reset_stats``)."""
+
+    def __init__(self, port: int, control_port: int, host: str = "127.0.0.1") -> None:
+        self.port = port
+        self._control = (host, control_port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        connection = http.client.HTTPConnection(*self._control, timeout=10)
+        try:
+            payload = json.dumps(body).encode() if body is not None else None
+            connection.request(method, path, body=payload)
+            response = connection.getresponse()
+            data = json.loads(response.read() or b"{}")
+            if response.status != 200:
+                raise RuntimeError(f"fault proxy control: {method} {path}: {data}")
+            return data
+        finally:
+            connection.close()
+
+    def set(self, faults: Faults | None = None, **fields: Any) -> Faults:
+        new = faults if faults is not None else Faults(**fields)
+        self._call("PUT", "/faults", new.to_json())
+        return new
+
+    def snapshot(self) -> dict[str, Any]:
+        data: dict[str, Any] = self._call("GET", "/faults")
+        return data
+
+    def reset_stats(self) -> None:
+        self._call("DELETE", "/stats")
 
 
 def main(argv: list[str] | None = None) -> None:
