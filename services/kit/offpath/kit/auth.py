@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 import grpc
 import structlog
 
-from offpath.kit.handlers import streaming
+from offpath.kit.handlers import factory_of
 
 if TYPE_CHECKING:
     from offpath.kit.handlers import Context, Continuation, Handler
@@ -42,13 +42,6 @@ SCHEME: Final = "bearer"
 MISSING: Final = "missing"
 MALFORMED: Final = "malformed"
 REJECTED: Final = "rejected"
-
-_FACTORIES: Final = {
-    (False, False): grpc.unary_unary_rpc_method_handler,
-    (False, True): grpc.unary_stream_rpc_method_handler,
-    (True, False): grpc.stream_unary_rpc_method_handler,
-    (True, True): grpc.stream_stream_rpc_method_handler,
-}
 
 _MESSAGES: Final = {
     MISSING: "this method needs the metadata `authorization: Bearer <token>`",
@@ -127,7 +120,7 @@ class BearerTokenInterceptor(_ServerInterceptor):
             log.warning("rpc_unauthenticated", method=method, reason=reason, peer=context.peer())
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-        refusal: Handler = _FACTORIES[streaming(handler)](
+        refusal: Handler = factory_of(handler)(
             refuse, request_deserializer=None, response_serializer=handler.response_serializer
         )
         self._refusals[key] = (handler, refusal)

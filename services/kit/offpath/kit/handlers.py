@@ -42,6 +42,14 @@ _FACTORIES: Final[dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[An
 }
 
 
+def factory_of(
+    handler: grpc.RpcMethodHandler[Any, Any],
+) -> Callable[..., grpc.RpcMethodHandler[Any, Any]]:
+    """The grpc function that makes handlers of ``handler``'s kind
+    (``grpc.unary_unary_rpc_method_handler``, ...)."""
+    return _FACTORIES[streaming(handler)]
+
+
 def streaming(handler: grpc.RpcMethodHandler[Any, Any]) -> tuple[bool, bool]:
     """(request streaming, response streaming)."""
     return (handler.request_streaming, handler.response_streaming)
