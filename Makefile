@@ -10,7 +10,7 @@ BUF    := $(TOOLS)/node_modules/.bin/buf
 BUF_VERSION := 1.75.0
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: help install gen run test bench bench-quick bench-readme lint fmt unit integration e2e lock clean bootstrap
+.PHONY: help install gen run test bench bench-quick bench-readme faults lint fmt unit integration e2e lock clean bootstrap
 
 help:
 	@echo "make run    start local AWS endpoint + QueryService + AnalyticsIngest (Ctrl-C stops all)"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench        the performance contract, cell by cell: met / missed (about 18 min)"
 	@echo "make bench-quick  the same cells, fewer and shorter rounds (about 95 s)"
 	@echo "make bench-readme write the README's results table from the newest bench.json"
+	@echo "make faults  every reliability promise under injected faults, a row per case (about 7 min)"
 	@echo "make gen    regenerate Python code from protos/"
 	@echo "make lock   re-resolve requirements.lock from pyproject.toml and tools/pyproject.toml"
 	@echo "make clean  remove the environment, tools and generated code"
@@ -65,6 +66,14 @@ bench-quick: install
 # newest bench-results/*/bench.json).
 bench-readme: install
 	$(PY) -m offpath.bench.readme $(BENCH_JSON)
+
+# The fault suite: each reliability promise as a case against the real
+# services and the local AWS endpoint, faults injected by a proxy in front of
+# it, one row per case; results in faults-results/. Loopback only, at most
+# 100 req/s. Extra options: make faults FAULTS_ARGS="--quick" (or "--soak",
+# "--cases sqs-5xx poison").
+faults: install
+	$(PY) -m offpath.faults $(FAULTS_ARGS)
 
 bootstrap: install
 	$(PY) -m offpath.dev.bootstrap

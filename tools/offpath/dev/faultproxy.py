@@ -553,14 +553,14 @@ class FaultProxy:
         if faults.error_rate and self._pick("error", faults.error_rate):
             self._count(f"http_{faults.error_status}")
             return server_error(service, faults.error_status), upstream
-        if faults.throttle_rate and self._pick("throttle", faults.throttle_rate):
-            self._count("throttled")
-            return throttled(service), upstream
         cancel = action == "TransactWriteItems" and faults.txn_cancel_rate
         if cancel and self._pick("transaction", faults.txn_cancel_rate):
             self._count("transaction_cancelled")
             items = len(json.loads(request.body or b"{}").get("TransactItems", [])) or 1
             return transaction_throttled(items), upstream
+        if faults.throttle_rate and self._pick("throttle", faults.throttle_rate):
+            self._count("throttled")
+            return throttled(service), upstream
         failed: list[str] = []
         if action == "SendMessageBatch" and faults.batch_fail_rate:
             rate = faults.batch_fail_rate

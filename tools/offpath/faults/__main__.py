@@ -1,0 +1,3 @@
+from offpath.faults.run import main
+
+main()
