@@ -45,11 +45,11 @@ class Case:
     spool: bool = False
     target: Target = "sqs"
     faults: dict[str, Any] = field(default_factory=dict)
-    fault_s: float = 10.0
+    fault_s: float = 8.0
     quick_fault_s: float = 4.0
     # Load before the fault (the p99 baseline) and after it.
     before_s: float = 5.0
-    after_s: float = 3.0
+    after_s: float = 2.0
     # How long to wait, after the load, for every event to be readable.
     recovery_s: float = 60.0
     fast: bool = False  # also one of make test's cases (quick variant)

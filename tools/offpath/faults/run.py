@@ -62,7 +62,7 @@ from offpath.faults.cases import (
     Case,
 )
 from offpath.faults.poison import poison_messages
-from offpath.kit.logs import configure_logging, parse_line
+from offpath.kit.logs import configure_logging, parse_line, read_log
 from offpath.kit.metrics import scrape
 from offpath.kit.sqs import REASON_ATTRIBUTE, QueueNames
 
@@ -79,7 +79,8 @@ SOAK_RSS_GROWTH = 0.10
 SOAK_WARMUP_SHARE = 0.2
 _SAMPLE_S = 5.0
 _POLL_S = 2.0
-WARMUP_S = 5.0
+_DRAIN_POLL_S = 0.5
+WARMUP_S = 3.0
 QUICK_WARMUP_S = 2.0
 
 
@@ -253,6 +254,8 @@ class Harness:
         self.ddb_proxy: ProxyControl | None = None
         self._case_children: list[str] = []
         self._saved_env: dict[str, str] = {}
+        # The last case's QueryService loss report at shutdown, by reason.
+        self.shutdown_losses: dict[str, int] = {}
 
     def __enter__(self) -> Harness:
         # Put back on exit: a test may run the suite inside its own process.
@@ -346,7 +349,7 @@ class Harness:
         if spool_dir is not None:
             spool_dir.mkdir(parents=True, exist_ok=True)
             env_query["OFFPATH_EMIT_SPOOL_DIR"] = str(spool_dir)
-        ingest = self.spawn(f"{case.name}-ingest", "offpath.ingest", env_ingest)
+        ingest = self.spawn(f"{case.name}-ingest", "offpath.ingest", env_ingest, nice=HELPER_NICE)
         query = self.spawn(f"{case.name}-query", "offpath.query", env_query)
         running = Services(names, resources, ingest, query, env_ingest, env_query, spool_dir)
         try:
@@ -357,12 +360,33 @@ class Harness:
             for name in reversed(self._case_children):
                 self.stack.stop_child(name)
                 del self.stack.children[name]
+            self.shutdown_losses = self._reported_losses(
+                [n for n in self._case_children if "-query" in n]
+            )
             self._case_children.clear()
 
-    def spawn(self, name: str, module: str, env: dict[str, str]) -> Child:
-        """A service for the case now running (stopped when it ends)."""
+    def _reported_losses(self, names: list[str]) -> dict[str, int]:
+        """What QueryService's ``events_lost`` line said at shutdown, by
+        reason, summed over the case's QueryService processes."""
+        total: Counter[str] = Counter()
+        for name in names:
+            path = self.out / "logs" / f"{name}.log"
+            if not path.exists():
+                continue
+            for record in read_log(path):
+                if record.get("event") == "events_lost":
+                    total.update(record.get("by_reason", {}))
+        return dict(total)
+
+    def spawn(
+        self, name: str, module: str, env: dict[str, str], *, nice: int | None = None
+    ) -> Child:
+        """A service for the case now running (stopped when it ends).
+        AnalyticsIngest runs at ``nice`` 19 as in the benchmark: its writes
+        (and the endpoint's work for them) share the 2 cores with the load
+        generator and QueryService, and would show in Query p99."""
         self._case_children.append(name)
-        return self.stack.spawn(name, module, env)
+        return self.stack.spawn(name, module, env, nice=nice)
 
     def log(self, child: Child) -> Path:
         return self.out / "logs" / f"{child.name}.log"
@@ -390,11 +414,18 @@ async def _delivered(
     ids: list[str],
     deadline: float,
     settled: Callable[[int], bool] | None = None,
+    drained: Callable[[], bool] | None = None,
 ) -> tuple[int, list[str]]:
     """(delivered, missing) once every id is readable, or ``settled(missing)``
-    says the rest will not come, or at ``deadline``."""
+    says the rest will not come, or at ``deadline``. Before each look at the
+    store, ``drained()`` is waited for (cheap: counters), so a backlog is
+    not read through the API again and again while it drains."""
     distinct = sorted(set(ids))
     while True:
+        while drained is not None and time.monotonic() < deadline:
+            if await asyncio.to_thread(drained):
+                break
+            await asyncio.sleep(_DRAIN_POLL_S)
         async with _client(services) as client:
             result = await reconcile(client, IdFile(distinct, []))
         if not result.missing or time.monotonic() >= deadline:
@@ -406,18 +437,26 @@ async def _delivered(
 
 async def _stored_and_summary(services: Services, since: datetime) -> tuple[int, int]:
     """Events stored in the case's table (ListEvents, distinct) and
-    GetSummary's event_count over the same range; the summary is asked until
-    it agrees or 15 s pass (rollups follow the events by a moment)."""
+    GetSummary's event_count over the same range. The summary is asked again
+    until it agrees or 15 s pass (rollups follow the events by a moment);
+    the events are listed again only if it never agreed."""
     start, end = since - timedelta(minutes=10), datetime.now(UTC) + timedelta(minutes=10)
+
+    async def listed(client: AsyncOffpathClient) -> int:
+        stored = set()
+        async for event in client.list_events(start=start, end=end, page_size=1000):
+            stored.add(event.event_id)
+        return len(stored)
+
     deadline = time.monotonic() + 15
     async with _client(services) as client:
+        stored = await listed(client)
         while True:
-            stored = set()
-            async for event in client.list_events(start=start, end=end, page_size=1000):
-                stored.add(event.event_id)
-            summary = (await client.summary(start=start, end=end)).event_count
-            if summary == len(stored) or time.monotonic() >= deadline:
-                return len(stored), int(summary)
+            summary = int((await client.summary(start=start, end=end)).event_count)
+            if summary == stored:
+                return stored, summary
+            if time.monotonic() >= deadline:
+                return await listed(client), summary
             await asyncio.sleep(1)
 
 
@@ -468,9 +507,21 @@ async def account(
         dropped: dict[str, int] = counters["dropped"]
         return missing <= sum(dropped.values())
 
+    timing = outcome.details.setdefault("timing_s", {})
+    began = time.monotonic()
+
+    def drained() -> bool:
+        # The emitter holds nothing and the queue is empty (nothing waiting,
+        # nothing in AnalyticsIngest's hands): what was sent is written.
+        counters = _emitter_counters(query_metrics)
+        if counters is not None and counters["buffered"]:
+            return False
+        return _queue_depth(sqs, services.resources.queue_url) == 0
+
     outcome.delivered, outcome.missing = await _delivered(
-        services, ids, time.monotonic() + recovery_s, settled
+        services, ids, time.monotonic() + recovery_s, settled, drained
     )
+    timing["delivered"] = round(time.monotonic() - began, 1)
     counters = _emitter_counters(query_metrics)
     if counters is not None:
         outcome.spooled, outcome.replayed = counters["spooled"], counters["replayed"]
@@ -478,7 +529,9 @@ async def account(
         outcome.dropped = counters["dropped"] if emitter_known else None
         outcome.details["emitter"] = counters
     outcome.details["ingest"] = _ingest_counters(services.ingest.metrics_port)
+    began = time.monotonic()
     outcome.stored, outcome.summary_count = await _stored_and_summary(services, since)
+    timing["stored_and_summary"] = round(time.monotonic() - began, 1)
     outcome.dead_lettered = _queue_depth(sqs, services.resources.dlq_url)
     if outcome.dead_lettered and "dlq_reasons" not in outcome.details:
         dlq = _dlq_messages(sqs, services.resources.dlq_url)
@@ -490,6 +543,26 @@ async def account(
 def _reason(message: dict[str, Any]) -> str | None:
     attribute = message.get("MessageAttributes", {}).get(REASON_ATTRIBUTE)
     return attribute.get("StringValue") if attribute else None
+
+
+def _check_shutdown_report(case: Case, outcome: Outcome, reported: dict[str, int]) -> None:
+    """QueryService's own loss report at shutdown (its ``events_lost`` line)
+    must not name more losses than there were: after the case, everything
+    it emitted was read back or counted as dropped, and nothing new came."""
+    outcome.details["shutdown_losses"] = reported
+    if case.kind == "grpc" or outcome.delivered is None:
+        return
+    missing = outcome.emitted - outcome.delivered
+    total = sum(reported.values())
+    outcome.checks.append(
+        Check(
+            "shutdown loss report true",
+            total <= missing,
+            f"QueryService reported {total} lost at shutdown "
+            f"({', '.join(f'{k} {v}' for k, v in sorted(reported.items())) or 'none'}); "
+            f"{missing} missing",
+        )
+    )
 
 
 def _check_promise(case: Case, outcome: Outcome) -> None:
@@ -681,7 +754,10 @@ async def run_kill_ingest(
         else:
             await asyncio.to_thread(services.ingest.process.wait, 10)
             services.ingest = harness.spawn(
-                f"{case.name}-ingest-restarted", "offpath.ingest", services.env_ingest
+                f"{case.name}-ingest-restarted",
+                "offpath.ingest",
+                services.env_ingest,
+                nice=HELPER_NICE,
             )
         ids = _merge_errors(outcome, result)
         await account(
@@ -908,11 +984,14 @@ def run_case(harness: Harness, case: Case, *, rate: float, quick: bool) -> Outco
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     started = time.monotonic()
+    harness.shutdown_losses = {}
     try:
         asyncio.run(RUNNERS[case.kind](harness, case, outcome, rate, quick))
     except Exception as exc:  # a case that broke is reported, the rest still run
         outcome.error = f"{type(exc).__name__}: {exc}"
         outcome.details["traceback"] = traceback.format_exc()
+    else:
+        _check_shutdown_report(case, outcome, harness.shutdown_losses)
     outcome.duration_s = round(time.monotonic() - started, 1)
     return outcome
 
