@@ -19,7 +19,7 @@ help:
 	@echo "make bench        the performance contract, cell by cell: met / missed (about 18 min)"
 	@echo "make bench-quick  the same cells, fewer and shorter rounds (about 95 s)"
 	@echo "make bench-readme write the README's results table from the newest bench.json"
-	@echo "make faults  every reliability promise under injected faults, a row per case (about 7 min)"
+	@echo "make faults  every reliability promise under injected faults, a row per case (about 11 min)"
 	@echo "make gen    regenerate Python code from protos/"
 	@echo "make lock   re-resolve requirements.lock from pyproject.toml and tools/pyproject.toml"
 	@echo "make clean  remove the environment, tools and generated code"
