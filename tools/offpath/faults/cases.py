@@ -188,7 +188,7 @@ CASES: tuple[Case, ...] = (
 SOAK = Case(
     "soak",
     "soak",
-    "none, 10 min at 200 req/s",
+    "none, for a long while",
     Promise(none_lost=True),
     spool=True,
     fault_s=600.0,
