@@ -200,9 +200,11 @@ class SenderProcess:
         self._replay_due = True
 
     def run(self) -> None:
-        self._prepare()
+        # Recovery first: the ready report then says what it found (the
+        # serving process places a dead sender's events by it).
         if self._spool is not None:
             self._recover(self._spool)
+        self._prepare()
         worker = _Worker(self._sender)
         reader = FrameReader()
         eof = abandoned = False
@@ -352,6 +354,11 @@ class SenderProcess:
                     self._spool.log(event)
             else:
                 self._control(message)
+        if self._spool is not None:
+            # In the kernel before the next read: a kill -9 of this process
+            # then loses none of what it took from the pipe (fsync, for a
+            # crash of the host, is the spool's sync_every_s).
+            self._spool.push()
         self._note_burst(time.thread_time_ns() - started)
         return True, False
 

@@ -106,6 +106,10 @@ class _SenderState:
     spool_files: int = 0
     spool_bytes: int = 0
     finished: bool = False  # it sent its final report: it read the pipe to the end
+    # Started after a sender of ours died: the dead one's WAL is among what it
+    # recovers (see ProcessEmitter._place_recovered).
+    restart: bool = False
+    recovery_placed: bool = False
 
 
 def _set_pipe_size(fd: int) -> int:
@@ -163,6 +167,13 @@ class ProcessEmitter(EmitterLifecycle):
         self._ended = _Tally()
         self._sender: _SenderState | None = None
         self._restarts = 0
+        # With a spool: events of dead senders placed as spooled (their WAL
+        # holds them and the next sender replays it), by when they were
+        # placed: at the death (what it had said it read), and at the next
+        # sender's recovery report (what it read after its last report);
+        # ``_wal_unmatched`` is the first kind not yet met by a recovery.
+        self._wal_placed = 0
+        self._wal_unmatched = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._respawn: asyncio.TimerHandle | None = None
         self._flush_seq = 0
@@ -256,6 +267,8 @@ class ProcessEmitter(EmitterLifecycle):
         total.add(self._ended)
         if self._sender is not None:
             total.add(self._sender.tally)
+        total.received += self._wal_placed
+        total.spooled += self._wal_placed
         return total
 
     @property
@@ -425,6 +438,7 @@ class ProcessEmitter(EmitterLifecycle):
             reports_fd=reports_read,
             ready=loop.create_future(),
             exited=loop.create_future(),
+            restart=self._restarts > 0,
         )
         self._sender = state
         loop.add_reader(reports_read, self._on_reports, state)
@@ -465,6 +479,9 @@ class ProcessEmitter(EmitterLifecycle):
         state.retrying = int(report.get("retrying", 0))
         state.spool_files = int(report.get("spool_files", 0))
         state.spool_bytes = int(report.get("spool_bytes", 0))
+        if state.restart and not state.recovery_placed and report.get("ready"):
+            state.recovery_placed = True
+            self._place_recovered(state.tally.recovered)
         if report.get("final"):
             state.finished = True
         if report.get("ready") and not state.ready.done():
@@ -475,16 +492,39 @@ class ProcessEmitter(EmitterLifecycle):
                 if seq <= int(flushed) and not future.done():
                     future.set_result(None)
 
+    def _place_recovered(self, recovered: int) -> None:
+        """A sender started after one of ours died recovered ``recovered``
+        events from dead senders' WALs. Beyond those already placed at the
+        death, they are what the dead sender read after its last report: the
+        books still count them in the pipe. Placed now as spooled (the new
+        sender replays them), at most as many as the books have in the pipe
+        (a WAL of another process's sender sharing the directory is not
+        ours to count)."""
+        extra = max(0, recovered - self._wal_unmatched)
+        self._wal_unmatched = 0
+        tally = self._tally()
+        in_pipe = self._written - tally.received
+        placed = min(extra, max(0, in_pipe))
+        if placed:
+            self._wal_placed += placed
+            log.info("emitter_wal_recovered", events=placed)
+
     def _sender_ended(self, state: _SenderState) -> None:
         loop = self._running_loop()
         loop.remove_reader(state.reports_fd)
         os.close(state.reports_fd)
         code = state.process.wait()
         tally = state.tally
-        # What it read and never confirmed died with it.
+        # What it read and never confirmed: with a spool it is in the dead
+        # sender's WAL, which the next sender adopts and replays; without
+        # one it died with it.
         lost = tally.received - tally.sent - sum(tally.dropped.values()) - tally.spooled
         if lost > 0:
-            tally.dropped["sender_lost"] += lost
+            if self._settings.spool_dir is not None:
+                tally.spooled += lost
+                self._wal_unmatched += lost
+            else:
+                tally.dropped["sender_lost"] += lost
         self._ended.add(tally)
         state.tally, state.buffered, state.retrying = _Tally(), 0, 0
         if not state.ready.done():

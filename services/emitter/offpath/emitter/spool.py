@@ -154,6 +154,12 @@ class Spool:
         self._wal_events += 1
         self._dirty = True
 
+    def push(self) -> None:
+        """Hand what the WAL buffers to the kernel (no fsync): it then
+        survives this process being killed."""
+        if self._wal is not None:
+            self._wal.flush()
+
     @property
     def unsynced(self) -> bool:
         """The WAL holds events written since its last fsync."""
