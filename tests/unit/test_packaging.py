@@ -17,7 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 RUNTIME = ("offpath/kit", "offpath/emitter", "offpath/query", "offpath/ingest", "offpath/client")
-TOOLS = ("offpath/dev", "offpath/bench", "offpath/testing")
+TOOLS = ("offpath/dev", "offpath/bench", "offpath/testing", "offpath/faults")
 
 
 # What `pip install .` reads: the rest of the checkout (tools/, tests/, deploy/)

@@ -41,7 +41,7 @@ CODEGEN_VENV = "/opt/codegen"
 LAMBDA_DIR = "/opt/lambda"
 LAMBDA_HANDLER = "offpath.ingest.lambda_handler.handler"
 # The folders of development tools' packages, wherever they would be put.
-DEV_PACKAGE = re.compile(r"(^|/)offpath/(dev|bench|testing)(/|$)")
+DEV_PACKAGE = re.compile(r"(^|/)offpath/(dev|bench|testing|faults)(/|$)")
 
 
 def env_pairs(stage: Stage) -> dict[str, str]:
