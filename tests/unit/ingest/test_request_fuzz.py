@@ -12,7 +12,6 @@ SERVING and answering afterwards.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import time
@@ -24,7 +23,6 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,9 +31,8 @@ from offpath.ingest.servicer import MAX_PAGE_SIZE, SERVICE_NAME, IngestServicer
 from offpath.ingest.store import EventStore, create_table_request, rollup_table_for
 from offpath.kit.ids import is_uuid
 from offpath.kit.rpcmetrics import RpcMetrics
-from offpath.kit.server import serve
-from offpath.kit.settings import ServerSettings
 from offpath.testing.dynamodb import FakeDynamoDb
+from offpath.testing.serving import assert_serving, serving
 from offpath.v1 import analytics_pb2, ingest_pb2, ingest_pb2_grpc
 
 TABLE = "events"
@@ -69,12 +66,7 @@ class Served:
 
     async def healthy(self) -> None:
         """SERVING by health, and a plain read still answered."""
-        health: Any = health_pb2_grpc.HealthStub(self.channel)  # grpc_health is untyped
-        for service in ("", SERVICE_NAME):
-            reply = await health.Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT_S
-            )
-            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        await assert_serving(self.channel, SERVICE_NAME, TIMEOUT_S)
         got = await self.stub.GetEvent(
             ingest_pb2.GetEventRequest(event_id=STORED_IDS[0]), timeout=TIMEOUT_S
         )
@@ -106,33 +98,17 @@ async def served() -> AsyncIterator[Served]:
     assert store.write([("b-1", events)], ingested_ns=now_ns) == len(events)
     servicer = IngestServicer(store)
     metrics = RpcMetrics()
-    stop = asyncio.Event()
 
     async def stopped() -> None:
         servicer.close()
 
-    bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(
-        serve(
-            ServerSettings(host="127.0.0.1", port=0, metrics_port=0, grace_s=1.0),
-            service_names=[SERVICE_NAME],
-            add_servicers=lambda s: ingest_pb2_grpc.add_AnalyticsIngestServicer_to_server(
-                servicer, s
-            ),
-            interceptors=[metrics.interceptor],
-            activity=metrics.activity,
-            on_stopped=stopped,
-            stop_event=stop,
-            on_serving=bound.set_result,
-        )
-    )
-    waiting: set[asyncio.Future[Any]] = {bound, task}
-    done, _ = await asyncio.wait(waiting, timeout=TIMEOUT_S, return_when="FIRST_COMPLETED")
-    if task in done:
-        task.result()  # serve() failed: raise why
-    assert bound.done(), "serve() did not start in time"
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{bound.result()}")
-    try:
+    async with serving(
+        SERVICE_NAME,
+        lambda s: ingest_pb2_grpc.add_AnalyticsIngestServicer_to_server(servicer, s),
+        interceptors=[metrics.interceptor],
+        activity=metrics.activity,
+        on_stopped=stopped,
+    ) as channel:
         stub = ingest_pb2_grpc.AnalyticsIngestStub(channel)
         tokens: list[str] = []
         for newest_first in (False, True):
@@ -144,10 +120,6 @@ async def served() -> AsyncIterator[Served]:
             tokens.append(page.next_page_token)
         yield (service := Served(channel, tokens))
         await service.healthy()
-    finally:
-        await channel.close(None)
-        stop.set()
-        await asyncio.wait_for(task, TIMEOUT_S)
 
 
 async def status(call: Any) -> grpc.StatusCode:

@@ -14,22 +14,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from offpath.emitter import AnalyticsInterceptor
 from offpath.kit.rpcmetrics import RpcMetrics
-from offpath.kit.server import serve
-from offpath.kit.settings import ServerSettings
 from offpath.query.engine import SkillIndex
 from offpath.query.generator import TemplateGenerator
 from offpath.query.servicer import MAX_QUERY_CHARS, MAX_TOP_K, SERVICE_NAME, QueryServicer
 from offpath.testing.recorders import ListRecorder
+from offpath.testing.serving import assert_serving, serving
 from offpath.v1 import query_pb2, query_pb2_grpc
 
 METHOD = f"/{SERVICE_NAME}/Query"
@@ -54,7 +51,6 @@ CLIENT_CODES = {
 
 @dataclass
 class Served:
-    port: int
     channel: grpc.aio.Channel
     recorder: ListRecorder
 
@@ -64,12 +60,7 @@ class Served:
 
     async def healthy(self) -> None:
         """SERVING by health, and a plain question still answered."""
-        health: Any = health_pb2_grpc.HealthStub(self.channel)  # grpc_health is untyped
-        for service in ("", SERVICE_NAME):
-            reply = await health.Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT_S
-            )
-            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        await assert_serving(self.channel, SERVICE_NAME, TIMEOUT_S)
         answer = await self.stub.Query(
             query_pb2.QueryRequest(query="Does she know Kubernetes?"), timeout=TIMEOUT_S
         )
@@ -88,33 +79,15 @@ async def served(index: SkillIndex) -> AsyncIterator[Served]:
     metrics = RpcMetrics()
     recorder = ListRecorder()
     servicer = QueryServicer(index, TemplateGenerator())
-    stop = asyncio.Event()
-    bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(
-        serve(
-            ServerSettings(host="127.0.0.1", port=0, metrics_port=0, grace_s=1.0),
-            service_names=[SERVICE_NAME],
-            add_servicers=lambda s: query_pb2_grpc.add_QueryServiceServicer_to_server(servicer, s),
-            interceptors=[metrics.interceptor, AnalyticsInterceptor(recorder)],
-            activity=metrics.activity,
-            stop_event=stop,
-            on_serving=bound.set_result,
-        )
-    )
-    waiting: set[asyncio.Future[Any]] = {bound, task}
-    done, _ = await asyncio.wait(waiting, timeout=TIMEOUT_S, return_when="FIRST_COMPLETED")
-    if task in done:
-        task.result()  # serve() failed: raise why
-    assert bound.done(), "serve() did not start in time"
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{bound.result()}")
-    try:
-        yield (service := Served(bound.result(), channel, recorder))
+    async with serving(
+        SERVICE_NAME,
+        lambda s: query_pb2_grpc.add_QueryServiceServicer_to_server(servicer, s),
+        interceptors=[metrics.interceptor, AnalyticsInterceptor(recorder)],
+        activity=metrics.activity,
+    ) as channel:
+        yield (service := Served(channel, recorder))
         # Every test ends here: whatever it sent, the service still serves.
         await service.healthy()
-    finally:
-        await channel.close(None)
-        stop.set()
-        await asyncio.wait_for(task, TIMEOUT_S)
 
 
 async def call(served: Served, request: query_pb2.QueryRequest) -> grpc.StatusCode:
