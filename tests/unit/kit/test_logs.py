@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from offpath.emitter import AnalyticsInterceptor
 from offpath.emitter.interceptor import EVENT_ID_METADATA
 from offpath.kit.health import HealthServicer
-from offpath.kit.logs import configure_logging
+from offpath.kit.logs import Throttle, configure_logging
 from offpath.testing.recorders import ListRecorder
 from offpath.testing.waits import eventually
 
@@ -261,3 +261,22 @@ class TestEventIdOnErrorLines:
         await eventually(lambda: bool(logs.named("rpc_handler_failed")), TIMEOUT_S)
         (record,) = logs.named("rpc_handler_failed")
         assert "event_id" not in record
+
+
+class TestThrottle:
+    def test_one_line_per_interval_per_key_with_the_count_held_back(self) -> None:
+        """The first line of a key is let through; more within the interval are held
+        back and counted; the next one after it carries that count; keys are apart."""
+        throttle = Throttle(1.0)
+        assert throttle.allow("a", now=10.0) == (True, 0)
+        assert throttle.allow("a", now=10.2) == (False, 0)
+        assert throttle.allow("a", now=10.9) == (False, 0)
+        assert throttle.allow("b", now=10.9) == (True, 0)
+        assert throttle.allow("a", now=11.0) == (True, 2)
+        assert throttle.allow("a", now=12.5) == (True, 0)
+
+    def test_distinct_keys_do_not_grow_it_without_bound(self) -> None:
+        throttle = Throttle(1.0, max_keys=4)
+        for n in range(100):
+            assert throttle.allow(n, now=1.0) == (True, 0)
+        assert len(throttle._last) <= 4

@@ -3,6 +3,7 @@ with the metrics interceptor, whose counts are read back as Prometheus text."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
@@ -246,6 +247,28 @@ class TestUndecodableRequests:
             _ = [m async for m in stream]
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert REACHED == []
+
+    async def test_a_flood_is_one_line_a_second(
+        self, served: tuple[RpcMetrics, Call, grpc.aio.Channel]
+    ) -> None:
+        """Many undecodable requests to one method in a moment: each answered
+        INVALID_ARGUMENT and counted, one warning line for them all."""
+        metrics, _, channel = served
+        call = channel.unary_unary(f"/{SERVICE}/Decoded", None, None)
+        began = time.monotonic()
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(20):
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await call(BAD_UTF8, timeout=5)
+                assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        took = time.monotonic() - began
+        assert {r["event"] for r in logs} == {"rpc_request_undecodable"}
+        # One line a second at most (20 calls take well under one, unless the
+        # machine is very busy); a later one says how many were held back.
+        assert 1 <= len(logs) <= 1 + int(took)
+        assert all(r.get("suppressed", 0) > 0 for r in logs[1:])
+        labels = _labels("Decoded", grpc_code="INVALID_ARGUMENT")
+        assert _samples(metrics)[("grpc_server_handled_total", labels)] == 20.0
 
 
 class TestActivity:

@@ -26,6 +26,7 @@ import grpc
 import structlog
 
 from offpath.kit.handlers import factory_of
+from offpath.kit.logs import Throttle
 
 if TYPE_CHECKING:
     from offpath.kit.handlers import Context, Continuation, Handler
@@ -66,6 +67,8 @@ class BearerTokenInterceptor(_ServerInterceptor):
         self._prefixes = tuple(f"/{service}/" for service in services)
         # Per method: the handler gRPC found and the refusing one built from it.
         self._refusals: dict[str, tuple[Handler, Handler]] = {}
+        # At most a refusal line a second per method and reason.
+        self._log_throttle = Throttle()
 
     def accepts(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
         """None when ``metadata`` carries an accepted token; else why not
@@ -114,10 +117,20 @@ class BearerTokenInterceptor(_ServerInterceptor):
         if cached is not None and cached[0] is handler:
             return cached[1]
         message = _MESSAGES[reason]
+        throttle = self._log_throttle
 
         async def refuse(request: Any, context: Context) -> None:
-            # The peer, the method and why: never the metadata's value.
-            log.warning("rpc_unauthenticated", method=method, reason=reason, peer=context.peer())
+            # The peer, the method and why: never the metadata's value; at
+            # most a line a second per method and reason.
+            allowed, held = throttle.allow((method, reason))
+            if allowed:
+                log.warning(
+                    "rpc_unauthenticated",
+                    method=method,
+                    reason=reason,
+                    peer=context.peer(),
+                    **({"suppressed": held} if held else {}),
+                )
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
         refusal: Handler = factory_of(handler)(

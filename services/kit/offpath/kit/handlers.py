@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import grpc
 import structlog
 
+from offpath.kit.logs import Throttle
+
 _log = structlog.get_logger("offpath.rpc")
 
 if TYPE_CHECKING:
@@ -147,10 +149,17 @@ def tolerant_deserializer(deserialize: Callable[[bytes], Any]) -> Callable[[byte
     return tolerant
 
 
-async def refuse_undecodable(request: Undecodable, method: str, context: Context) -> None:
+async def refuse_undecodable(
+    request: Undecodable, method: str, context: Context, throttle: Throttle
+) -> None:
     """End the call with INVALID_ARGUMENT and one warning line (a client's
-    mistake, not ours: no traceback, and never the bytes it sent)."""
-    _log.warning("rpc_request_undecodable", method=method, error=request.error)
+    mistake, not ours: no traceback, and never the bytes it sent), at most
+    one a ``throttle`` interval per method: a client or a scanner repeating
+    it does not flood the log."""
+    allowed, held = throttle.allow(method)
+    if allowed:
+        extra = {"suppressed": held} if held else {}
+        _log.warning("rpc_request_undecodable", method=method, error=request.error, **extra)
     await context.abort(
         grpc.StatusCode.INVALID_ARGUMENT,
         f"the request does not decode as {method}'s request message ({request.error})",

@@ -22,6 +22,7 @@ import json
 import logging
 import re
 import sys
+import time
 import traceback
 from collections.abc import MutableMapping
 from pathlib import Path
@@ -107,6 +108,32 @@ def grpc_handler_errors(
         del event_dict["exc_info"]
         event_dict.update(event=event, level="warning", error=str(error))
     return event_dict
+
+
+class Throttle:
+    """At most one log line per ``interval_s`` for each key (say, a method
+    and a reason): a client repeating a mistake, or a scanner, does not
+    flood the log. :meth:`allow` says whether to log now and how many lines
+    of that key were held back since the last one (to log with it)."""
+
+    def __init__(self, interval_s: float = 1.0, *, max_keys: int = 1024) -> None:
+        self._interval_s = interval_s
+        self._max_keys = max_keys
+        self._last: dict[object, float] = {}
+        self._held: dict[object, int] = {}
+
+    def allow(self, key: object, now: float | None = None) -> tuple[bool, int]:
+        """(log this one, lines held back before it)."""
+        now = time.monotonic() if now is None else now
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval_s:
+            self._held[key] = self._held.get(key, 0) + 1
+            return False, 0
+        if last is None and len(self._last) >= self._max_keys:
+            self._last.clear()  # many distinct keys: start over rather than grow
+            self._held.clear()
+        self._last[key] = now
+        return True, self._held.pop(key, 0)
 
 
 def configure_logging(service: str, level: str = "info") -> None:

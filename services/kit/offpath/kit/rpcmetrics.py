@@ -50,6 +50,7 @@ from offpath.kit.handlers import (
     streaming,
     wrapped,
 )
+from offpath.kit.logs import Throttle
 
 # Seconds. Sub-millisecond resolution where a fast gRPC service lives, then
 # go-grpc-prometheus's range up to 10 s.
@@ -193,6 +194,7 @@ class RpcMetricsInterceptor(WrappingInterceptor):
     def __init__(self, metrics: RpcMetrics) -> None:
         super().__init__(_MAX_METHODS)
         self._metrics = metrics
+        self._log_throttle = Throttle()
 
     def wrap(
         self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
@@ -200,19 +202,21 @@ class RpcMetricsInterceptor(WrappingInterceptor):
         series = self._metrics.series(method, _TYPES[streaming(handler)])
         return wrapped(
             handler,
-            lambda behaviour: _count_coroutine(series, method, behaviour),
-            lambda behaviour: _count_generator(series, method, behaviour),
+            lambda behaviour: _count_coroutine(series, method, behaviour, self._log_throttle),
+            lambda behaviour: _count_generator(series, method, behaviour, self._log_throttle),
             tolerant=True,
         )
 
 
-def _count_coroutine(series: _Series, method: str, behaviour: Behaviour) -> Behaviour:
+def _count_coroutine(
+    series: _Series, method: str, behaviour: Behaviour, throttle: Throttle
+) -> Behaviour:
     async def counted(request: Any, context: Context) -> Any:
         series.started += 1
         t0 = time.perf_counter_ns()
         try:
             if type(request) is Undecodable:
-                await refuse_undecodable(request, method, context)
+                await refuse_undecodable(request, method, context, throttle)
             response = await behaviour(request, context)
         except asyncio.CancelledError:
             series.done(cancelled_code(context), time.perf_counter_ns() - t0)
@@ -226,13 +230,15 @@ def _count_coroutine(series: _Series, method: str, behaviour: Behaviour) -> Beha
     return counted
 
 
-def _count_generator(series: _Series, method: str, behaviour: Behaviour) -> Behaviour:
+def _count_generator(
+    series: _Series, method: str, behaviour: Behaviour, throttle: Throttle
+) -> Behaviour:
     async def counted(request: Any, context: Context) -> AsyncGenerator[Any, None]:
         series.started += 1
         t0 = time.perf_counter_ns()
         try:
             if type(request) is Undecodable:
-                await refuse_undecodable(request, method, context)
+                await refuse_undecodable(request, method, context, throttle)
             async for response in behaviour(request, context):
                 yield response
         except asyncio.CancelledError:
