@@ -138,16 +138,20 @@ LAG_BUCKETS_S: Final = (
 _NS_PER_S = 1_000_000_000
 
 
-class SqsConsumeClient(QueueUrlClient, Protocol):
+class SqsSendClient(Protocol):
+    """The one SQS call dead-lettering makes."""
+
+    def send_message(
+        self, **kwargs: Unpack[SendMessageRequestTypeDef]
+    ) -> SendMessageResultTypeDef: ...
+
+
+class SqsConsumeClient(QueueUrlClient, SqsSendClient, Protocol):
     """The SQS calls the consumer makes (boto3's SQS client has them)."""
 
     def receive_message(
         self, **kwargs: Unpack[ReceiveMessageRequestTypeDef]
     ) -> ReceiveMessageResultTypeDef: ...
-
-    def send_message(
-        self, **kwargs: Unpack[SendMessageRequestTypeDef]
-    ) -> SendMessageResultTypeDef: ...
 
     def delete_message_batch(
         self, **kwargs: Unpack[DeleteMessageBatchRequestTypeDef]
@@ -385,6 +389,44 @@ def invalid_events_letter(
         source_id=f"{message_id}-invalid",
     )
     return request, reason
+
+
+def send_dead_letter(sqs: SqsSendClient, request: dict[str, Any], source_id: str) -> bool:
+    """Send a dead-letter request (:func:`dead_letter_message`); False, with
+    an error line, when SQS did not take it: the message stays where it is,
+    to be handled again, and SQS's redrive policy is the backstop."""
+    try:
+        sqs.send_message(**request)
+    except (BotoCoreError, ClientError) as exc:
+        log.error("dead_letter_failed", source_id=source_id, error=str(exc))
+        return False
+    return True
+
+
+def dead_letter_invalid_events(
+    sqs: SqsSendClient,
+    dlq_url: str,
+    message_id: str,
+    batch: analytics_pb2.AnalyticsBatch,
+    invalid: Sequence[tuple[analytics_pb2.AnalyticsEvent, str]],
+    **fields: object,
+) -> bool:
+    """Dead-letter the invalid events of SQS message ``message_id``
+    (:func:`invalid_events_letter`), with one warning line (``fields`` added
+    to it); whether SQS took them."""
+    request, reason = invalid_events_letter(dlq_url, message_id, batch, invalid)
+    if not send_dead_letter(sqs, request, f"{message_id}-invalid"):
+        return False
+    log.warning(
+        "events_dead_lettered",
+        message_id=message_id,
+        kind="invalid_events",
+        events=len(invalid),
+        reason=reason[:MAX_REASON_CHARS],
+        event_ids=event_ids(event for event, _ in invalid),
+        **fields,
+    )
+    return True
 
 
 @dataclass(slots=True)
@@ -965,33 +1007,26 @@ class _Poller:
 
     def _dead_letter_events(self, pending: _Pending) -> bool:
         _, dlq = self._c.urls()
-        message_id = pending.message["MessageId"]
         invalid = pending.decoded.invalid
-        request, reason = invalid_events_letter(dlq, message_id, pending.decoded.batch, invalid)
-        ok = self._send_dead_letter(request, f"{message_id}-invalid")
+        ok = dead_letter_invalid_events(
+            self._c.sqs,
+            dlq,
+            pending.message["MessageId"],
+            pending.decoded.batch,
+            invalid,
+            poller=self.index,
+        )
         if ok:
+            self.stats.dead_lettered += 1
             self.stats.invalid_events += len(invalid)
             self.stats.count_dead_letter("invalid_events")
-            log.warning(
-                "events_dead_lettered",
-                message_id=message_id,
-                kind="invalid_events",
-                events=len(invalid),
-                reason=reason[:MAX_REASON_CHARS],
-                event_ids=event_ids(event for event, _ in invalid),
-                poller=self.index,
-            )
         return ok
 
     def _send_dead_letter(self, request: dict[str, Any], source_id: str) -> bool:
-        try:
-            self._c.sqs.send_message(**request)
-        except (BotoCoreError, ClientError) as exc:
-            # Left on the queue; SQS's redrive policy is the backstop.
-            log.error("dead_letter_failed", source_id=source_id, error=str(exc))
-            return False
-        self.stats.dead_lettered += 1
-        return True
+        ok = send_dead_letter(self._c.sqs, request, source_id)
+        if ok:
+            self.stats.dead_lettered += 1
+        return ok
 
     # -- acknowledging -------------------------------------------------------
 

@@ -52,17 +52,18 @@ import binascii
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 import structlog
-from botocore.exceptions import BotoCoreError, ClientError
 
 from offpath.ingest.consumer import (
     MAX_RECEIVES,
     EventWriter,
+    SqsSendClient,
+    dead_letter_invalid_events,
     event_ids,
-    invalid_events_letter,
     receive_limit_reason,
+    send_dead_letter,
     store_failure,
 )
 from offpath.ingest.decode import Poison, decode
@@ -79,7 +80,7 @@ from offpath.kit.sqs import (
 )
 
 if TYPE_CHECKING:
-    from mypy_boto3_sqs.type_defs import SendMessageRequestTypeDef, SendMessageResultTypeDef
+    pass
 
 log = structlog.get_logger("offpath.ingest.lambda")
 
@@ -87,13 +88,9 @@ log = structlog.get_logger("offpath.ingest.lambda")
 LOG_SERVICE = "ingest-lambda"
 
 
-class SqsDeadLetterClient(QueueUrlClient, Protocol):
+class SqsDeadLetterClient(QueueUrlClient, SqsSendClient, Protocol):
     """The SQS calls the handler makes (boto3's SQS client has them): the
     DLQ's look-up once per container, and dead-letter sends."""
-
-    def send_message(
-        self, **kwargs: Unpack[SendMessageRequestTypeDef]
-    ) -> SendMessageResultTypeDef: ...
 
 
 class BatchItemFailure(TypedDict):
@@ -232,21 +229,12 @@ class SqsBatchHandler:
         if invalid:
             # Only once the valid events are written, as the consumer does:
             # a record that comes back dead-letters them then.
-            request, reason = invalid_events_letter(
-                self._dlq_url, message_id, verdict.batch, invalid
-            )
-            if not self._send_dead_letter(request, f"{message_id}-invalid"):
+            if not dead_letter_invalid_events(
+                self._sqs, self._dlq_url, message_id, verdict.batch, invalid
+            ):
                 return False
             stats.dead_lettered += 1
             stats.invalid_events += len(invalid)
-            log.warning(
-                "events_dead_lettered",
-                message_id=message_id,
-                kind="invalid_events",
-                events=len(invalid),
-                reason=reason[:MAX_REASON_CHARS],
-                event_ids=event_ids(event for event, _ in invalid),
-            )
         return True
 
     def _dead_letter_record(
@@ -263,7 +251,7 @@ class SqsBatchHandler:
         request = dead_letter_message(
             self._dlq_url, body=body, attributes=attributes, reason=reason, source_id=message_id
         )
-        if not self._send_dead_letter(request, message_id):
+        if not send_dead_letter(self._sqs, request, message_id):
             return False
         stats.dead_lettered += 1
         log.warning(
@@ -273,16 +261,6 @@ class SqsBatchHandler:
             reason=reason[:MAX_REASON_CHARS],
             event_ids=list(ids),
         )
-        return True
-
-    def _send_dead_letter(self, request: dict[str, Any], source_id: str) -> bool:
-        try:
-            self._sqs.send_message(**request)
-        except (BotoCoreError, ClientError) as exc:
-            # Reported for retry; after maxReceiveCount SQS's redrive policy
-            # moves the message to the DLQ itself.
-            log.error("dead_letter_failed", source_id=source_id, error=str(exc))
-            return False
         return True
 
 
