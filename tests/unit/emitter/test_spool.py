@@ -102,7 +102,7 @@ class TestSpoolFiles:
         assert len(back.events) == 2
 
     def test_wal_of_a_dead_sender_is_adopted_and_a_live_ones_is_not(self, tmp_path: Path) -> None:
-        """adopt_orphans turns the WAL of a process that is gone into a spool file and
+        """recover turns the WAL of a process that is gone into a spool file and
         leaves the WAL of a running one alone."""
         child = subprocess.Popen([sys.executable, "-c", "pass"])
         child.wait()
@@ -115,7 +115,7 @@ class TestSpoolFiles:
             writer.close()
             (tmp_path / f"wal-{os.getpid()}-0.events").rename(path)
         spool = Spool(tmp_path, max_bytes=1 << 20)
-        assert spool.adopt_orphans() == 1
+        assert spool.recover().orphan_events == 1
         assert not dead.exists()
         assert alive.exists()
         assert spool.oldest() is not None

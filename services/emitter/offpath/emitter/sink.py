@@ -95,12 +95,6 @@ class SendProgress:
         )
 
 
-class ReportsProgress(Protocol):
-    """A sink that counts its calls live (:class:`SendProgress`)."""
-
-    progress: SendProgress
-
-
 def live_progress(sink: object) -> SendProgress | None:
     """The sink's live call counters, when it keeps them."""
     progress = getattr(sink, "progress", None)

@@ -226,11 +226,6 @@ class Spool:
             self._sync_dir()
         return len(kept), len(records) - len(kept)
 
-    def adopt_orphans(self) -> int:
-        """Turn the WALs of senders that died into spool files; returns how
-        many events they hold (their checksums are checked on replay)."""
-        return self.recover().orphan_events
-
     def recover(self) -> Recovery:
         """At start: adopt the WALs of senders that died (as spool files),
         then take stock of what the spool holds."""
