@@ -71,9 +71,11 @@ from offpath.kit.sqs import (
     MESSAGE_ATTRIBUTES,
     QueueNames,
     QueueUrlClient,
+    SqsSendClient,
     dead_letter_message,
     encode_batch,
     queue_url,
+    send_dead_letter,
 )
 from offpath.v1 import analytics_pb2
 
@@ -85,8 +87,6 @@ if TYPE_CHECKING:
         DeleteMessageBatchResultTypeDef,
         ReceiveMessageRequestTypeDef,
         ReceiveMessageResultTypeDef,
-        SendMessageRequestTypeDef,
-        SendMessageResultTypeDef,
     )
 
 log = structlog.get_logger("offpath.ingest.consumer")
@@ -136,14 +136,6 @@ LAG_BUCKETS_S: Final = (
     21600.0,
 )
 _NS_PER_S = 1_000_000_000
-
-
-class SqsSendClient(Protocol):
-    """The one SQS call dead-lettering makes."""
-
-    def send_message(
-        self, **kwargs: Unpack[SendMessageRequestTypeDef]
-    ) -> SendMessageResultTypeDef: ...
 
 
 class SqsConsumeClient(QueueUrlClient, SqsSendClient, Protocol):
@@ -389,18 +381,6 @@ def invalid_events_letter(
         source_id=f"{message_id}-invalid",
     )
     return request, reason
-
-
-def send_dead_letter(sqs: SqsSendClient, request: dict[str, Any], source_id: str) -> bool:
-    """Send a dead-letter request (:func:`dead_letter_message`); False, with
-    an error line, when SQS did not take it: the message stays where it is,
-    to be handled again, and SQS's redrive policy is the backstop."""
-    try:
-        sqs.send_message(**request)
-    except (BotoCoreError, ClientError) as exc:
-        log.error("dead_letter_failed", source_id=source_id, error=str(exc))
-        return False
-    return True
 
 
 def dead_letter_invalid_events(

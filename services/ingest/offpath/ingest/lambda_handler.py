@@ -59,11 +59,9 @@ import structlog
 from offpath.ingest.consumer import (
     MAX_RECEIVES,
     EventWriter,
-    SqsSendClient,
     dead_letter_invalid_events,
     event_ids,
     receive_limit_reason,
-    send_dead_letter,
     store_failure,
 )
 from offpath.ingest.decode import Poison, decode
@@ -75,8 +73,10 @@ from offpath.kit.settings import environ
 from offpath.kit.sqs import (
     MAX_REASON_CHARS,
     QueueUrlClient,
+    SqsSendClient,
     dead_letter_message,
     queue_url,
+    send_dead_letter,
 )
 
 if TYPE_CHECKING:

@@ -19,13 +19,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypedDict, Unpack
 
+import structlog
+from botocore.exceptions import BotoCoreError, ClientError
 from google.protobuf.message import DecodeError
 
 from offpath.kit.settings import SettingsError, env_str
 from offpath.v1 import analytics_pb2
 
+_log = structlog.get_logger("offpath.sqs")
+
 if TYPE_CHECKING:
-    from mypy_boto3_sqs.type_defs import GetQueueUrlRequestTypeDef, GetQueueUrlResultTypeDef
+    from mypy_boto3_sqs.type_defs import (
+        GetQueueUrlRequestTypeDef,
+        GetQueueUrlResultTypeDef,
+        SendMessageRequestTypeDef,
+        SendMessageResultTypeDef,
+    )
 
 # -- names -----------------------------------------------------------------------
 
@@ -230,3 +239,23 @@ def dead_letter_message(
         },
         **fifo_fields(dlq_url, group_id=DEAD_LETTER_GROUP, dedup_id=source_id),
     }
+
+
+class SqsSendClient(Protocol):
+    """The one SQS call dead-lettering makes."""
+
+    def send_message(
+        self, **kwargs: Unpack[SendMessageRequestTypeDef]
+    ) -> SendMessageResultTypeDef: ...
+
+
+def send_dead_letter(sqs: SqsSendClient, request: dict[str, Any], source_id: str) -> bool:
+    """Send a dead-letter request (:func:`dead_letter_message`); False, with
+    an error line, when SQS did not take it: the message stays where it is,
+    to be handled again, and SQS's redrive policy is the backstop."""
+    try:
+        sqs.send_message(**request)
+    except (BotoCoreError, ClientError) as exc:
+        _log.error("dead_letter_failed", source_id=source_id, error=str(exc))
+        return False
+    return True
